@@ -1,0 +1,1 @@
+"""Alert channels and message rendering."""

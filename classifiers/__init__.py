@@ -1,0 +1,1 @@
+"""Classifiers: decide whether a mention is safeguarding, disparaging or reputational."""

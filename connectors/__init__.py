@@ -1,0 +1,1 @@
+"""Platform connectors: each turns one platform's API into a stream of Mentions."""

@@ -1,0 +1,102 @@
+"""The contract every connector implements, and the errors it signals with."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from datetime import datetime
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Mention(BaseModel):
+    """One public post, article or comment as a connector found it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    platform: str
+    external_id: str
+    url: str
+    author: str | None = None
+    text: str
+    title: str | None = None
+    published_at: datetime
+    fetched_at: datetime
+    raw: dict[str, Any] = Field(default_factory=dict)
+
+
+class Batch(BaseModel):
+    """What one fetch returned: the mentions and the cursor to resume from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mentions: list[Mention] = Field(default_factory=list)
+    next_cursor: str | None = None
+    # Calls or units this fetch cost, for platforms that bill or cap by them.
+    cost: int = 0
+
+
+class SchoolContext(BaseModel):
+    """What a connector may know about the school it searches for."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    aliases: tuple[str, ...] = ()
+    handles: tuple[str, ...] = ()
+    exclusions: tuple[str, ...] = ()
+
+    @property
+    def search_terms(self) -> tuple[str, ...]:
+        """The name and aliases, in order, without repeats."""
+        return tuple(dict.fromkeys((self.name, *self.aliases)))
+
+
+class ConnectorError(Exception):
+    """Base class of the outcomes a connector may signal."""
+
+
+class NotConfigured(ConnectorError):
+    """The source's options or credentials cannot work; fix the config."""
+
+
+class TransientError(ConnectorError):
+    """A failure worth retrying later; the cursor stays where it was."""
+
+
+class RateLimited(TransientError):
+    """The platform asked us to come back later; never sleep in a worker thread."""
+
+    def __init__(self, message: str, retry_at: datetime | None = None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
+class AuthFailed(ConnectorError):
+    """Credentials were refused; the source is disabled until its config changes."""
+
+
+class Connector(ABC):
+    """Fetches new mentions for one configured source."""
+
+    # The pydantic model that validates this connector's [sources.options] table.
+    Config: ClassVar[type[BaseModel]]
+
+    def __init__(self, config: BaseModel, school: SchoolContext, source_id: str) -> None:
+        self.config = config
+        self.school = school
+        self.source_id = source_id
+        # Set by the runner before each fetch on sources with a read or quota budget:
+        # how many posts or units may still be spent today (None: no budget).
+        self.remaining_budget: int | None = None
+
+    @abstractmethod
+    def fetch(self, cursor: str | None) -> Batch:
+        """Return mentions newer than ``cursor`` and the cursor to use next time."""
+
+    def daily_budget(self) -> int | None:
+        """Posts or quota units this source may spend per UTC day (None: unlimited)."""
+        return None
+
+    def close(self) -> None:
+        """Release sessions or files; called when the daemon stops."""

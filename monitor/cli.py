@@ -1,0 +1,383 @@
+"""The ``schoolwatch`` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+from monitor.config import ConfigError, Settings, load_config
+
+log = logging.getLogger("schoolwatch")
+
+CLASSIFY_BATCH = 64
+
+
+def demo_config_path() -> Path:
+    """The bundled demo config (fictional school, local feeds, file outbox)."""
+    return Path(str(resources.files("monitor") / "demo" / "config.toml"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The packaged model is all we need; never stall on the network looking for a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"config error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="schoolwatch",
+        description="Watch public mentions of a school and alert the headteacher or the DSL.",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("SCHOOLWATCH_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon (or every source once with --once)")
+    _config_option(run)
+    run.add_argument("--once", action="store_true",
+                     help="poll every source once, deliver the outbox, print a summary, exit")
+    run.set_defaults(handler=_cmd_run)
+
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_cmd_check_config)
+
+    classify = commands.add_parser(
+        "classify", help="classify JSON Lines from stdin ({id, text, school?, source?})")
+    _config_option(classify)
+    classify.set_defaults(handler=_cmd_classify)
+
+    sources = commands.add_parser("sources", help="list sources or test one")
+    source_commands = sources.add_subparsers(title="sources commands", metavar="ACTION")
+    listing = source_commands.add_parser("list", help="each source and its health")
+    _config_option(listing)
+    listing.set_defaults(handler=_cmd_sources_list)
+    test = source_commands.add_parser("test", help="fetch once without storing or alerting")
+    test.add_argument("source_id")
+    _config_option(test)
+    test.add_argument("--from-cursor", action="store_true",
+                      help="start from the stored cursor instead of from scratch")
+    test.set_defaults(handler=_cmd_sources_test)
+
+    train = commands.add_parser("train", help="train the classifier head", add_help=False)
+    train.add_argument("rest", nargs=argparse.REMAINDER)
+    train.set_defaults(handler=lambda a: _delegate("classifiers.train", a.rest))
+    evaluate = commands.add_parser("eval", help="evaluate the classifier on labelled JSON Lines",
+                                   add_help=False)
+    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
+    evaluate.set_defaults(handler=lambda a: _delegate("classifiers.evaluate", a.rest))
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=os.environ.get("SCHOOLWATCH_CONFIG"),
+        help="config file (default: $SCHOOLWATCH_CONFIG, else the bundled demo)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if args.config is None:
+        log.info("no --config given: using the bundled demo configuration")
+        return load_config(demo_config_path())
+    return load_config(args.config)
+
+
+def _delegate(module: str, argv: list[str]) -> int:
+    import importlib
+
+    return int(importlib.import_module(module).main(argv) or 0)
+
+
+# --- run ---------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from monitor.pipeline import Runner
+    from monitor.scheduler import run_forever
+
+    settings = _settings(args)
+    runner = Runner(settings)
+    if not args.once:
+        return run_forever(runner)
+    try:
+        results = [runner.poll(s.id) for s in settings.sources if s.enabled]
+        delivered = runner.deliver_outbox()
+        while delivered.sent and _due_messages(runner):
+            more = runner.deliver_outbox()
+            delivered.sent += more.sent
+            delivered.failed += more.failed
+            if not more.sent:
+                break
+    finally:
+        runner.close()
+    _print_summary(settings, results, delivered, runner)
+    return 0
+
+
+def _due_messages(runner: Any) -> int:
+    from sqlmodel import Session, func, select
+
+    from monitor.store import OutboxMessage
+
+    with Session(runner.engine) as session:
+        return session.exec(select(func.count()).select_from(OutboxMessage).where(
+            OutboxMessage.status == "pending",
+            OutboxMessage.next_attempt_at <= runner.clock())).one()
+
+
+def _print_summary(settings: Settings, results: list[Any], delivered: Any, runner: Any) -> None:
+    from sqlmodel import Session, func, select
+
+    from monitor.store import OutboxMessage
+
+    print(f"{'source':<28} {'status':<13} {'fetched':>7} {'new':>5} {'about':>5} "
+          f"{'flagged':>7} {'incidents':>9}")
+    for r in results:
+        print(f"{r.source_id:<28} {r.status:<13} {r.fetched:>7} {r.new:>5} {r.relevant:>5} "
+              f"{r.flagged:>7} {r.incidents:>9}")
+        if r.error:
+            print(f"    {r.error}")
+    with Session(runner.engine) as session:
+        pending = session.exec(select(func.count()).select_from(OutboxMessage)
+                               .where(OutboxMessage.status == "pending")).one()
+    where = (f"written to {Path(settings.email.outbox_dir).resolve()}"
+             if settings.email.channel == "file" else f"sent via {settings.email.channel}")
+    print(f"\n{sum(r.incidents for r in results)} new incidents; {delivered.sent} emails "
+          f"{where}; {delivered.failed} failed; {pending} still queued for retry")
+
+
+# --- check-config ------------------------------------------------------------------
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load_config(args.file)
+    print(f"{args.file}: OK ({len(settings.schools)} schools, {len(settings.sources)} sources, "
+          f"{len(settings.routes)} routes, email via {settings.email.channel})")
+    return 0
+
+
+# --- classify ----------------------------------------------------------------------
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    settings = _settings(args) if args.config else None
+    return classify_stream(sys.stdin, sys.stdout, settings)
+
+
+def classify_stream(stdin: TextIO, stdout: TextIO, settings: Settings | None) -> int:
+    """The classify contract: one JSON line out per JSON line in, in order."""
+    from classifiers.base import Assessment, Category, ClassifierInput
+    from monitor import registry
+    from monitor.config import ClassifierSettings, validate_options
+    from monitor.relevance import SchoolMatcher
+
+    chosen = settings.classifier if settings else ClassifierSettings()
+    plugin = registry.load(registry.CLASSIFIERS, chosen.name)
+    classifier = plugin(validate_options(plugin.Config, chosen.options, "classifier.options"))
+    matchers = {s.id: SchoolMatcher.build(s.name, s.aliases, s.handles, s.exclusions)
+                for s in settings.schools} if settings else {}
+    failures = 0
+    for chunk in _chunks(_read_requests(stdin), CLASSIFY_BATCH):
+        valid = [item for item in chunk if "error" not in item]
+        inputs = [ClassifierInput(text=item["text"]) for item in valid]
+        verdicts = iter(classifier.classify(inputs) if inputs else [])
+        for item in chunk:
+            if "error" in item:
+                failures += 1
+                _write(stdout, {"id": item.get("id"), "error": item["error"]})
+                continue
+            verdict: Assessment = next(verdicts)
+            verdict = _apply_context(item, verdict, settings, matchers)
+            _write(stdout, {
+                "id": item.get("id"),
+                "category": verdict.category.value,
+                "severity": verdict.severity.value if verdict.severity else None,
+                "subtype": verdict.subtype.value if verdict.subtype else None,
+                "scores": {c.value: round(float(verdict.scores.get(c.value, 0.0)), 4)
+                           for c in (Category.SAFEGUARDING, Category.DISPARAGING,
+                                     Category.REPUTATIONAL)},
+                "reasons": verdict.reasons,
+            })
+        stdout.flush()
+    return 1 if failures else 0
+
+
+def _apply_context(item: dict[str, Any], verdict: Any, settings: Settings | None,
+                   matchers: dict[str, Any]) -> Any:
+    """Apply the school's relevance and the source's category limits, when given."""
+    from classifiers.base import Assessment, Category
+
+    if settings is None:
+        return verdict
+    source = None
+    if item.get("source"):
+        try:
+            source = settings.source(str(item["source"]))
+        except KeyError:
+            pass
+    school_id = item.get("school") or (source.school if source else None)
+    matcher = matchers.get(school_id) if school_id else None
+    needs_mention = source.require_mention if source else True
+    if matcher is not None and needs_mention and not matcher.matches(item["text"]):
+        return Assessment(category=Category.NONE, scores=verdict.scores,
+                          reasons=[f"not about {settings.school(school_id).name}: "
+                                   "no name, alias or handle outside the exclusions"],
+                          classifier=verdict.classifier)
+    if source is not None and source.categories is not None:
+        return verdict.restricted_to(source.categories)
+    return verdict
+
+
+def _read_requests(stdin: TextIO) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(stdin, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            yield {"id": None, "error": f"line {number}: not JSON: {exc}"}
+            continue
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            ident = item.get("id") if isinstance(item, dict) else None
+            yield {"id": ident, "error": f"line {number}: needs a string 'text'"}
+            continue
+        yield item
+
+
+def _chunks(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _write(stdout: TextIO, obj: dict[str, Any]) -> None:
+    stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+# --- sources -----------------------------------------------------------------------
+
+
+def _cmd_sources_list(args: argparse.Namespace) -> int:
+    from sqlmodel import Session
+
+    from monitor.store import SourceState, init_db, make_engine
+
+    settings = _settings(args)
+    engine = make_engine(settings.store.url)
+    init_db(engine)
+    print(f"{'source':<26} {'connector':<10} {'school':<16} {'every':>6} {'health':<10} "
+          f"{'fails':>5}  last success / last error")
+    with Session(engine) as session:
+        for source in settings.sources:
+            state = session.get(SourceState, source.id)
+            health = _health(source, state)
+            last_ok = f"{state.last_success_at:%Y-%m-%d %H:%M}" if state and \
+                state.last_success_at else "never"
+            error = f" / {state.last_error[:80]}" if state and state.last_error and \
+                state.consecutive_failures else ""
+            print(f"{source.id:<26} {source.connector:<10} {source.school:<16} "
+                  f"{_every(source.interval):>6} {health:<10} "
+                  f"{state.consecutive_failures if state else 0:>5}  {last_ok}{error}")
+    return 0
+
+
+def _health(source: Any, state: Any) -> str:
+    if not source.enabled:
+        return "off"
+    if state is None or state.last_poll_at is None:
+        return "new"
+    if state.disabled_reason:
+        return "disabled"
+    if state.consecutive_failures:
+        return "failing"
+    return "ok"
+
+
+def _every(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _cmd_sources_test(args: argparse.Namespace) -> int:
+    from sqlmodel import Session
+
+    from connectors.base import ConnectorError, RateLimited
+    from monitor.pipeline import Runner
+    from monitor.store import SourceState
+
+    settings = _settings(args)
+    try:
+        source = settings.source(args.source_id)
+    except KeyError:
+        known = ", ".join(s.id for s in settings.sources) or "none"
+        print(f"unknown source {args.source_id!r}; known: {known}", file=sys.stderr)
+        return 2
+    runner = Runner(settings)
+    connector = runner.connector(source)
+    with Session(runner.engine) as session:
+        state = session.get(SourceState, source.id)
+    cursor = state.cursor if (args.from_cursor and state) else None
+    budget = connector.daily_budget()
+    if budget is not None:
+        connector.remaining_budget = budget
+    try:
+        batch = connector.fetch(cursor)
+    except RateLimited as exc:
+        print(f"RATE LIMITED: {exc}")
+        return 1
+    except ConnectorError as exc:
+        print(f"FAILED ({type(exc).__name__}): {exc}")
+        return 1
+    finally:
+        runner.close()
+    matcher = runner.matchers[source.school]
+    about = [m for m in batch.mentions if not source.require_mention or matcher.matches(m.title, m.text)]
+    print(f"source {source.id} ({source.connector}): {len(batch.mentions)} items, "
+          f"{len(about)} about {settings.school(source.school).name}, cost {batch.cost}")
+    for mention in batch.mentions[:10]:
+        mark = "*" if mention in about else " "
+        text = (mention.title or mention.text).replace("\n", " ")[:90]
+        print(f" {mark} {mention.published_at:%Y-%m-%d %H:%M} {mention.author or '-'}: {text}")
+    print(f"next cursor: {batch.next_cursor or '(none)'}")
+    if state and state.not_before:
+        print(f"stored rate-limit/backoff: not before {state.not_before:%Y-%m-%d %H:%M} UTC")
+    if budget is not None:
+        print(f"daily budget: {budget}; this fetch cost {batch.cost}")
+    print("nothing was stored and no alert was sent")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

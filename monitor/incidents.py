@@ -1,0 +1,91 @@
+"""Grouping mentions of one story into one incident, by exact duplicate keys."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import or_
+from sqlmodel import Session, select
+
+from alerts.render import excerpt
+from classifiers.base import CATEGORY_PRIORITY, Assessment, Category, Severity
+from monitor.store import Incident, MentionRow, utcnow
+
+TITLE_CHARS = 160
+
+
+@dataclass(frozen=True)
+class IncidentChange:
+    """What attaching a mention did to its incident."""
+
+    incident: Incident
+    created: bool
+    # Why the incident became more serious, when it did ("severity medium -> high").
+    escalation: str | None = None
+
+
+def find_existing(session: Session, row: MentionRow) -> Incident | None:
+    """An incident of the same school holding a mention with the same URL or text."""
+    keys = []
+    if row.canonical_url.startswith("https://"):
+        keys.append(MentionRow.canonical_url == row.canonical_url)
+    if row.text_hash:
+        keys.append(MentionRow.text_hash == row.text_hash)
+    if not keys:
+        return None
+    match = session.exec(
+        select(MentionRow.incident_id)
+        .where(MentionRow.school_id == row.school_id, MentionRow.incident_id.is_not(None),
+               MentionRow.id != row.id, or_(*keys))
+        .order_by(MentionRow.id)
+        .limit(1)
+    ).first()
+    return session.get(Incident, match) if match is not None else None
+
+
+def attach(session: Session, row: MentionRow, assessment: Assessment) -> IncidentChange | None:
+    """Attach ``row`` to its story's incident, or open one if it is flagged and new."""
+    incident = find_existing(session, row)
+    now = utcnow()
+    if incident is None:
+        if not assessment.flagged:
+            return None
+        incident = Incident(
+            school_id=row.school_id, category=assessment.category.value,
+            severity=assessment.severity.value if assessment.severity else None,
+            subtype=assessment.subtype.value if assessment.subtype else None,
+            title=excerpt((row.title or row.text).replace("\n", " "), TITLE_CHARS),
+            first_seen=now, last_seen=now, mention_count=1, platforms=[row.platform],
+        )
+        session.add(incident)
+        session.flush()
+        row.incident_id = incident.id
+        return IncidentChange(incident, created=True)
+    row.incident_id = incident.id
+    incident.last_seen = now
+    incident.mention_count += 1
+    if row.platform not in incident.platforms:
+        incident.platforms = [*incident.platforms, row.platform]
+    escalation = _escalate(incident, assessment)
+    session.add(incident)
+    return IncidentChange(incident, created=False, escalation=escalation)
+
+
+def _escalate(incident: Incident, assessment: Assessment) -> str | None:
+    """Raise the incident's category or severity to the new mention's; say what changed."""
+    if not assessment.flagged:
+        return None
+    current = Category(incident.category)
+    if CATEGORY_PRIORITY.index(assessment.category) < CATEGORY_PRIORITY.index(current):
+        incident.category = assessment.category.value
+        incident.severity = assessment.severity.value if assessment.severity else None
+        incident.subtype = assessment.subtype.value if assessment.subtype else None
+        return f"category {current.value} -> {assessment.category.value}"
+    if assessment.category is not current or assessment.severity is None:
+        return None
+    old = Severity(incident.severity) if incident.severity else None
+    if old is None or assessment.severity.rank > old.rank:
+        incident.severity = assessment.severity.value
+        if assessment.subtype:
+            incident.subtype = assessment.subtype.value
+        return f"severity {old.value if old else 'none'} -> {assessment.severity.value}"
+    return None

@@ -1,0 +1,377 @@
+"""One poll of one source: fetch, relevance, seen, classify, then store everything at once."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, tuple_
+from sqlmodel import Session, select
+
+from alerts.base import Channel
+from classifiers.base import Assessment, Classifier, ClassifierInput
+from connectors.base import (
+    AuthFailed,
+    Batch,
+    Connector,
+    ConnectorError,
+    Mention,
+    RateLimited,
+    SchoolContext,
+)
+from monitor import registry
+from monitor.config import Settings, SourceSettings, validate_options
+from monitor.dedupe import canonical_url, text_hash
+from monitor.incidents import attach
+from monitor.outbox import DeliveryReport, deliver_due, queue_admin_notice, queue_incident_alert
+from monitor.relevance import SchoolMatcher
+from monitor.store import (
+    AssessmentRow,
+    MentionRow,
+    SeenKey,
+    SourceState,
+    as_utc,
+    audit,
+    init_db,
+    make_engine,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_FAILURE_BACKOFF = timedelta(hours=1)
+SEEN_QUERY_CHUNK = 200
+
+
+@dataclass
+class PollResult:
+    """What one poll of one source did."""
+
+    source_id: str
+    status: str  # ok, failed, rate_limited, auth_failed, disabled, waiting, budget_spent
+    fetched: int = 0
+    new: int = 0
+    relevant: int = 0
+    flagged: int = 0
+    incidents: int = 0
+    queued: int = 0
+    error: str | None = None
+    retry_at: datetime | None = None
+    flagged_subjects: list[str] = field(default_factory=list)
+
+
+class Runner:
+    """Holds the loaded plugins and runs polls and outbox passes against the store."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None,
+                 classifier: Classifier | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.store.url)
+        init_db(self.engine)
+        self.clock = clock
+        self._classifier = classifier
+        self._connectors: dict[str, Connector] = {}
+        self._channels: dict[str, Channel] = {}
+        self._lock = threading.Lock()
+        self.matchers = {
+            s.id: SchoolMatcher.build(s.name, s.aliases, s.handles, s.exclusions)
+            for s in settings.schools
+        }
+
+    @property
+    def classifier(self) -> Classifier:
+        """The configured classifier, loaded once on first use."""
+        with self._lock:
+            if self._classifier is None:
+                cfg = self.settings.classifier
+                plugin = registry.load(registry.CLASSIFIERS, cfg.name)
+                options = validate_options(plugin.Config, cfg.options, "classifier.options",
+                                           self.settings.base_dir)
+                self._classifier = plugin(options)
+            return self._classifier
+
+    def connector(self, source: SourceSettings) -> Connector:
+        """The source's connector, built once."""
+        with self._lock:
+            if source.id not in self._connectors:
+                plugin = registry.load(registry.CONNECTORS, source.connector)
+                index = self.settings.sources.index(source)
+                options = validate_options(plugin.Config, source.options,
+                                           f"sources[{index}].options", self.settings.base_dir)
+                school = self.settings.school(source.school)
+                context = SchoolContext(id=school.id, name=school.name,
+                                        aliases=tuple(school.aliases),
+                                        handles=tuple(school.handles),
+                                        exclusions=tuple(school.exclusions))
+                self._connectors[source.id] = plugin(options, context, source.id)
+            return self._connectors[source.id]
+
+    def channel(self, name: str) -> Channel:
+        """The named channel, built once from the [email] settings."""
+        with self._lock:
+            if name not in self._channels:
+                plugin = registry.load(registry.CHANNELS, name)
+                email = self.settings.email
+                options = (email.smtp or {}) if name == "smtp" else (
+                    {"directory": email.outbox_dir} if name == "file" else {})
+                self._channels[name] = plugin(validate_options(plugin.Config, options,
+                                                               f"email.{name}"))
+            return self._channels[name]
+
+    # --- polling -------------------------------------------------------------------
+
+    def poll(self, source_id: str) -> PollResult:
+        """Poll one source; never raises, so one broken source cannot stop the others."""
+        source = self.settings.source(source_id)
+        try:
+            return self._poll(source)
+        except Exception as exc:  # the last line of defence for a scheduler thread
+            log.exception("source %s: unexpected error", source_id)
+            return self._record_failure(source, f"unexpected {type(exc).__name__}: {exc}")
+
+    def _poll(self, source: SourceSettings) -> PollResult:
+        now = self.clock()
+        state = self._state(source.id)
+        config_hash = _config_hash(source)
+        if state.disabled_reason and state.disabled_config_hash == config_hash:
+            return PollResult(source.id, "disabled", error=state.disabled_reason)
+        if state.not_before and as_utc(state.not_before) > now:
+            return PollResult(source.id, "waiting", retry_at=as_utc(state.not_before))
+        connector = self.connector(source)
+        budget = connector.daily_budget()
+        if budget is not None:
+            spent = state.budget_spent if state.budget_day == now.date().isoformat() else 0
+            connector.remaining_budget = max(0, budget - spent)
+        try:
+            batch = connector.fetch(state.cursor)
+        except RateLimited as exc:
+            return self._record_rate_limit(source, str(exc), exc.retry_at)
+        except AuthFailed as exc:
+            return self._record_auth_failure(source, str(exc), config_hash)
+        except ConnectorError as exc:
+            return self._record_failure(source, str(exc))
+        try:
+            return self.process(source, batch)
+        except Exception as exc:
+            log.exception("source %s: processing failed; cursor not advanced", source.id)
+            return self._record_failure(source, f"processing failed: {type(exc).__name__}: {exc}")
+
+    def process(self, source: SourceSettings, batch: Batch) -> PollResult:
+        """Store a fetched batch: mentions, verdicts, incidents, alerts and cursor, atomically."""
+        result = PollResult(source.id, "ok", fetched=len(batch.mentions))
+        fresh = self._unseen(_unique(batch.mentions))
+        result.new = len(fresh)
+        matcher = self.matchers[source.school]
+        relevant = [m for m in fresh if not source.require_mention or matcher.matches(m.title, m.text)]
+        result.relevant = len(relevant)
+        assessments = self._classify(source, relevant)
+        relevant_ids = {id(m) for m in relevant}
+        with Session(self.engine) as session:
+            for mention in fresh:
+                session.add(SeenKey(platform=mention.platform, external_id=mention.external_id,
+                                    source_id=source.id, relevant=id(mention) in relevant_ids))
+            for mention, assessment in zip(relevant, assessments, strict=True):
+                self._store_mention(session, source, mention, assessment, result)
+            state = session.get(SourceState, source.id) or SourceState(source_id=source.id)
+            self._advance(state, batch)
+            session.add(state)
+            session.commit()
+        if result.flagged or result.new:
+            log.info("source %s: %d fetched, %d new, %d about the school, %d flagged, "
+                     "%d new incidents, %d messages queued", source.id, result.fetched,
+                     result.new, result.relevant, result.flagged, result.incidents, result.queued)
+        return result
+
+    def _store_mention(self, session: Session, source: SourceSettings, mention: Mention,
+                       assessment: Assessment, result: PollResult) -> None:
+        row = MentionRow(
+            platform=mention.platform, external_id=mention.external_id, source_id=source.id,
+            school_id=source.school, url=mention.url, canonical_url=canonical_url(mention.url),
+            author=mention.author, title=mention.title, text=mention.text,
+            text_hash=text_hash(mention.text), published_at=mention.published_at,
+            fetched_at=mention.fetched_at,
+            # Only flagged mentions keep the platform payload: it is evidence, the rest is not needed.
+            raw=mention.raw if assessment.flagged else None,
+        )
+        session.add(row)
+        session.flush()
+        session.add(AssessmentRow(
+            mention_id=row.id, classifier=assessment.classifier or self.settings.classifier.name,
+            category=assessment.category.value,
+            severity=assessment.severity.value if assessment.severity else None,
+            subtype=assessment.subtype.value if assessment.subtype else None,
+            scores=assessment.scores, reasons=assessment.reasons,
+        ))
+        if assessment.flagged:
+            result.flagged += 1
+        change = attach(session, row, assessment)
+        if change is None:
+            return
+        if change.created:
+            result.incidents += 1
+            result.queued += queue_incident_alert(session, self.settings, change.incident, row,
+                                                  assessment)
+            result.flagged_subjects.append(f"#{change.incident.id} {change.incident.category}")
+        elif change.escalation:
+            result.queued += queue_incident_alert(session, self.settings, change.incident, row,
+                                                  assessment, update_reason=change.escalation)
+
+    def _classify(self, source: SourceSettings, mentions: Sequence[Mention]) -> list[Assessment]:
+        if not mentions:
+            return []
+        inputs = [ClassifierInput(text=m.text, title=m.title, platform=m.platform) for m in mentions]
+        assessments = self.classifier.classify(inputs)
+        if len(assessments) != len(inputs):
+            raise RuntimeError(f"classifier returned {len(assessments)} verdicts for {len(inputs)}")
+        if source.categories is not None:
+            assessments = [a.restricted_to(source.categories) for a in assessments]
+        return assessments
+
+    def _unseen(self, mentions: list[Mention]) -> list[Mention]:
+        keys = [(m.platform, m.external_id) for m in mentions]
+        seen: set[tuple[str, str]] = set()
+        with Session(self.engine) as session:
+            for start in range(0, len(keys), SEEN_QUERY_CHUNK):
+                chunk = keys[start:start + SEEN_QUERY_CHUNK]
+                seen.update(session.exec(
+                    select(SeenKey.platform, SeenKey.external_id)
+                    .where(tuple_(SeenKey.platform, SeenKey.external_id).in_(chunk))
+                ).all())
+        return [m for m in mentions if (m.platform, m.external_id) not in seen]
+
+    def _advance(self, state: SourceState, batch: Batch) -> None:
+        now = self.clock()
+        today = now.date().isoformat()
+        if state.budget_day != today:
+            state.budget_day, state.budget_spent = today, 0
+        state.budget_spent += batch.cost
+        if batch.next_cursor is not None:
+            state.cursor = batch.next_cursor
+        state.last_poll_at = state.last_success_at = now
+        recovered = state.consecutive_failures
+        state.consecutive_failures = 0
+        state.not_before = None
+        state.disabled_reason = state.disabled_config_hash = None
+        if recovered and state.failure_notified:
+            log.info("source %s recovered after %d failed polls", state.source_id, recovered)
+        state.failure_notified = False
+
+    # --- health --------------------------------------------------------------------
+
+    def _state(self, source_id: str) -> SourceState:
+        with Session(self.engine) as session:
+            state = session.get(SourceState, source_id) or SourceState(source_id=source_id)
+            session.expunge_all()
+            return state
+
+    def _record_failure(self, source: SourceSettings, error: str) -> PollResult:
+        now = self.clock()
+        with Session(self.engine) as session:
+            state = session.get(SourceState, source.id) or SourceState(source_id=source.id)
+            state.consecutive_failures += 1
+            state.last_poll_at = state.last_error_at = now
+            state.last_error = error[:2000]
+            # Back off on repeated failures, up to an hour beyond the normal interval.
+            backoff = min(timedelta(seconds=60 * 2 ** (state.consecutive_failures - 1)),
+                          MAX_FAILURE_BACKOFF)
+            state.not_before = now + backoff if state.consecutive_failures > 1 else None
+            failures = state.consecutive_failures
+            threshold = self.settings.scheduler.failures_before_alert
+            if failures >= threshold and not state.failure_notified:
+                state.failure_notified = True
+                queue_admin_notice(session, self.settings, f"failing:{source.id}:{now:%Y%m%d%H%M%S}",
+                                   f"source {source.id} is failing",
+                                   [f"Source {source.id} ({source.connector}) has failed "
+                                    f"{failures} polls in a row.", f"Last error: {error}",
+                                    "Mentions from this source are not being checked until it "
+                                    "recovers. Run: schoolwatch sources test " + source.id])
+            session.add(state)
+            session.commit()
+        log.warning("source %s failed (%d in a row): %s", source.id, failures, error)
+        return PollResult(source.id, "failed", error=error,
+                          retry_at=now + backoff if failures > 1 else None)
+
+    def _record_rate_limit(self, source: SourceSettings, error: str,
+                           retry_at: datetime | None) -> PollResult:
+        now = self.clock()
+        retry_at = retry_at or now + timedelta(seconds=source.interval)
+        with Session(self.engine) as session:
+            state = session.get(SourceState, source.id) or SourceState(source_id=source.id)
+            state.last_poll_at = state.last_error_at = now
+            state.last_error = error[:2000]
+            state.not_before = retry_at
+            session.add(state)
+            session.commit()
+        log.warning("source %s rate limited; next poll at %s UTC", source.id,
+                    f"{retry_at:%Y-%m-%d %H:%M:%S}")
+        return PollResult(source.id, "rate_limited", error=error, retry_at=retry_at)
+
+    def _record_auth_failure(self, source: SourceSettings, error: str,
+                             config_hash: str) -> PollResult:
+        now = self.clock()
+        with Session(self.engine) as session:
+            state = session.get(SourceState, source.id) or SourceState(source_id=source.id)
+            state.last_poll_at = state.last_error_at = now
+            state.last_error = error[:2000]
+            state.consecutive_failures += 1
+            state.disabled_reason = f"credentials refused: {error}"[:2000]
+            state.disabled_config_hash = config_hash
+            state.failure_notified = True
+            audit(session, "daemon", "source.disabled", "source", source.id, reason=error)
+            queue_admin_notice(session, self.settings, f"auth:{source.id}:{config_hash}",
+                               f"source {source.id} disabled: credentials refused",
+                               [f"Source {source.id} ({source.connector}) was refused access: "
+                                f"{error}", "It is disabled until its configuration (or the "
+                                "credentials it names) changes and the daemon is restarted."])
+            session.add(state)
+            session.commit()
+        log.error("source %s disabled until its config changes: %s", source.id, error)
+        return PollResult(source.id, "auth_failed", error=error)
+
+    # --- delivery ------------------------------------------------------------------
+
+    def deliver_outbox(self) -> DeliveryReport:
+        """Send due messages; never raises."""
+        try:
+            return deliver_due(self.engine, self.channel, now=self.clock)
+        except Exception:
+            log.exception("outbox pass failed; messages stay queued")
+            return DeliveryReport()
+
+    def close(self) -> None:
+        """Close connectors and channels."""
+        for plugin in [*self._connectors.values(), *self._channels.values()]:
+            try:
+                plugin.close()
+            except Exception:
+                log.exception("error closing %s", type(plugin).__name__)
+
+
+def _unique(mentions: Sequence[Mention]) -> list[Mention]:
+    """The batch without repeats of one platform id (feeds do repeat entries)."""
+    seen: dict[tuple[str, str], Mention] = {}
+    for mention in mentions:
+        seen.setdefault((mention.platform, mention.external_id), mention)
+    return list(seen.values())
+
+
+def _config_hash(source: SourceSettings) -> str:
+    """Identifies a source's config and the secrets it names; a disabled source wakes when either changes."""
+    def resolve(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"env"}:
+                secret = os.environ.get(str(value["env"]), "")
+                return {"env": value["env"], "sha256": hashlib.sha256(secret.encode()).hexdigest()}
+            return {k: resolve(v) for k, v in sorted(value.items())}
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return value
+    data = json.dumps(resolve(source.model_dump(mode="json")), sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]

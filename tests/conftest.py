@@ -1,0 +1,23 @@
+"""Shared fixtures: real local HTTP and SMTP servers, a real SQLite file."""
+from __future__ import annotations
+
+import pytest
+
+from tests.support.http_server import RecordedServer
+from tests.support.smtp_server import SmtpServer
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server on 127.0.0.1 serving recorded replies."""
+    server = RecordedServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on 127.0.0.1 with STARTTLS and AUTH."""
+    server = SmtpServer().start()
+    yield server
+    server.stop()
