@@ -35,7 +35,7 @@ def message_id(sender: str, *parts: object) -> str:
 
 def queue_incident_alert(session: Session, settings: Settings, incident: Incident,
                          mention: MentionRow, assessment: Assessment,
-                         update_reason: str | None = None) -> int:
+                         update_reason: str | None = None, now: datetime | None = None) -> int:
     """Queue an alert (or an update) about ``incident`` for each routed recipient."""
     school = settings.school(incident.school_id)
     kind = "update" if update_reason else "alert"
@@ -71,13 +71,13 @@ def queue_incident_alert(session: Session, settings: Settings, incident: Inciden
             sender=settings.email.sender, subject=subject, body_text=text, body_html=html,
             message_id=message_id(settings.email.sender, "incident", incident.id,
                                   incident.revision, person),
-            headers=headers,
+            headers=headers, created_at=now or utcnow(), next_attempt_at=now or utcnow(),
         ))
     return len(deliveries)
 
 
 def queue_admin_notice(session: Session, settings: Settings, key: str, subject: str,
-                       lines: list[str]) -> int:
+                       lines: list[str], now: datetime | None = None) -> int:
     """Queue a notice for the admins (a failing source, undeliverable mail)."""
     if not settings.admin.recipients:
         log.warning("no [admin] recipients configured; not emailing: %s", subject)
@@ -89,6 +89,7 @@ def queue_admin_notice(session: Session, settings: Settings, key: str, subject: 
             channel=settings.email.channel, recipient=person, sender=settings.email.sender,
             subject=subject, body_text=text, body_html=html,
             message_id=message_id(settings.email.sender, "admin", key, person.lower()),
+            created_at=now or utcnow(), next_attempt_at=now or utcnow(),
         ))
     return len(settings.admin.recipients)
 

@@ -217,11 +217,12 @@ class Runner:
         if change.created:
             result.incidents += 1
             result.queued += queue_incident_alert(session, self.settings, change.incident, row,
-                                                  assessment)
+                                                  assessment, now=self.clock())
             result.flagged_subjects.append(f"#{change.incident.id} {change.incident.category}")
         elif change.escalation:
             result.queued += queue_incident_alert(session, self.settings, change.incident, row,
-                                                  assessment, update_reason=change.escalation)
+                                                  assessment, update_reason=change.escalation,
+                                                  now=self.clock())
 
     def _classify(self, source: SourceSettings, mentions: Sequence[Mention]) -> list[Assessment]:
         if not mentions:
@@ -291,7 +292,8 @@ class Runner:
                                    [f"Source {source.id} ({source.connector}) has failed "
                                     f"{failures} polls in a row.", f"Last error: {error}",
                                     "Mentions from this source are not being checked until it "
-                                    "recovers. Run: schoolwatch sources test " + source.id])
+                                    "recovers. Run: schoolwatch sources test " + source.id],
+                                   now=now)
             session.add(state)
             session.commit()
         log.warning("source %s failed (%d in a row): %s", source.id, failures, error)
@@ -329,7 +331,8 @@ class Runner:
                                f"source {source.id} disabled: credentials refused",
                                [f"Source {source.id} ({source.connector}) was refused access: "
                                 f"{error}", "It is disabled until its configuration (or the "
-                                "credentials it names) changes and the daemon is restarted."])
+                                "credentials it names) changes and the daemon is restarted."],
+                               now=now)
             session.add(state)
             session.commit()
         log.error("source %s disabled until its config changes: %s", source.id, error)
