@@ -86,6 +86,7 @@ def assess(rules: RuleSet, text: str, classifier: str = "rules") -> Assessment:
         scores=scores,
         reasons=reasons,
         classifier=classifier,
+        labels=tuple(c for c in SCORED_CATEGORIES if scores[str(c)] > 0),
     )
 
 
