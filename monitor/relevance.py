@@ -8,13 +8,16 @@ from dataclasses import dataclass
 from monitor.textnorm import fold
 
 
+_NON_WORD = re.compile(r"\W+")
+
+
 def _phrase_pattern(phrases: Iterable[str]) -> re.Pattern[str] | None:
     # Longest first so "Harrowgate High School" wins over "Harrowgate High".
     parts = sorted({re.escape(fold(p).strip()) for p in phrases if p.strip()}, key=len, reverse=True)
     if not parts:
         return None
     # Lookarounds rather than \b, so names ending in "'s" or handles starting with "@" work.
-    return re.compile(r"(?<![\w@])(?:" + "|".join(parts) + r")(?![\w])")
+    return re.compile(r"(?<![\w@#])(?:" + "|".join(parts) + r")(?![\w])")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,10 @@ class SchoolMatcher:
         for handle in handles:
             bare = handle.lstrip("@")
             handle_forms += [f"@{bare}", bare]
-        return cls(_phrase_pattern([name, *aliases, *handle_forms]), _phrase_pattern(exclusions))
+        # Hashtags run names together: #HarrowgateHighSchool, #StAidans.
+        hashtags = ["#" + _NON_WORD.sub("", n) for n in (name, *aliases) if _NON_WORD.search(n)]
+        return cls(_phrase_pattern([name, *aliases, *handle_forms, *hashtags]),
+                   _phrase_pattern(exclusions))
 
     def matches(self, *texts: str | None) -> bool:
         """True when any text names the school outside an excluded phrase."""
