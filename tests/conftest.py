@@ -16,6 +16,14 @@ def http_server():
 
 
 @pytest.fixture
+def other_server():
+    """A second real HTTP server, for sources that poll more than one host."""
+    server = RecordedServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def smtp_server():
     """A real SMTP server on 127.0.0.1 with STARTTLS and AUTH."""
     server = SmtpServer().start()

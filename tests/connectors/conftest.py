@@ -1,10 +1,9 @@
-"""Fixtures shared by the connector tests: the fictional school and a second server."""
+"""Fixtures shared by the connector tests: the fictional school."""
 from __future__ import annotations
 
 import pytest
 
 from connectors.base import SchoolContext
-from tests.support.http_server import RecordedServer
 
 
 @pytest.fixture
@@ -15,11 +14,3 @@ def school() -> SchoolContext:
         aliases=("Harrowgate High", "HHS"), handles=("@HarrowgateHigh",),
         exclusions=("Harrowgate High Street",),
     )
-
-
-@pytest.fixture
-def other_server():
-    """A second real HTTP server, for sources that poll more than one host."""
-    server = RecordedServer().start()
-    yield server
-    server.stop()
