@@ -84,6 +84,60 @@ def _parser() -> argparse.ArgumentParser:
                       help="start from the stored cursor instead of from scratch")
     test.set_defaults(handler=_cmd_sources_test)
 
+    incidents = commands.add_parser("incidents", help="list, show and triage incidents")
+    incident_commands = incidents.add_subparsers(title="incidents commands", metavar="ACTION")
+    listing = incident_commands.add_parser("list", help="incidents, newest activity first")
+    _config_option(listing)
+    listing.add_argument("--school")
+    listing.add_argument("--category", choices=["safeguarding", "disparaging", "reputational"])
+    listing.add_argument("--status", choices=["open", "acknowledged", "resolved", "false_positive"])
+    listing.add_argument("--since", help="e.g. 7d, 12h or 2026-11-01")
+    listing.set_defaults(handler=_cmd_incidents_list)
+    show = incident_commands.add_parser("show", help="one incident: mentions, verdicts, emails, audit")
+    show.add_argument("incident_id", type=int)
+    _config_option(show)
+    show.set_defaults(handler=_cmd_incidents_show)
+    for action, text in (("ack", "acknowledge: you have seen it and are dealing with it"),
+                         ("resolve", "close it as dealt with"),
+                         ("false-positive", "close it as wrongly flagged (kept as a training example)"),
+                         ("reopen", "open a closed incident again"),
+                         ("note", "add a note to the audit log")):
+        step = incident_commands.add_parser(action, help=text)
+        step.add_argument("incident_id", type=int)
+        step.add_argument("--by", required=True, help="who is acting (recorded in the audit log)")
+        step.add_argument("--note", required=action == "note")
+        _config_option(step)
+        step.set_defaults(handler=_cmd_incident_action, action=action)
+
+    suppress = commands.add_parser("suppress", help="per-school suppression rules")
+    suppress_commands = suppress.add_subparsers(title="suppress commands", metavar="ACTION")
+    adding = suppress_commands.add_parser("add", help="stop alerting on an author or phrase")
+    adding.add_argument("--school", required=True)
+    what = adding.add_mutually_exclusive_group(required=True)
+    what.add_argument("--author")
+    what.add_argument("--phrase")
+    adding.add_argument("--by", required=True)
+    adding.add_argument("--reason")
+    _config_option(adding)
+    adding.set_defaults(handler=_cmd_suppress_add)
+    rules = suppress_commands.add_parser("list", help="active rules (--all: removed ones too)")
+    rules.add_argument("--school")
+    rules.add_argument("--all", action="store_true")
+    _config_option(rules)
+    rules.set_defaults(handler=_cmd_suppress_list)
+    removing = suppress_commands.add_parser("remove", help="deactivate a rule (kept for the record)")
+    removing.add_argument("rule_id", type=int)
+    removing.add_argument("--by", required=True)
+    _config_option(removing)
+    removing.set_defaults(handler=_cmd_suppress_remove)
+
+    feedback = commands.add_parser("feedback", help="labelled examples from staff verdicts")
+    feedback_commands = feedback.add_subparsers(title="feedback commands", metavar="ACTION")
+    export = feedback_commands.add_parser("export", help="write false positives as JSON Lines")
+    export.add_argument("--out", type=Path, required=True)
+    _config_option(export)
+    export.set_defaults(handler=_cmd_feedback_export)
+
     train = commands.add_parser("train", help="train the classifier head", add_help=False)
     train.add_argument("rest", nargs=argparse.REMAINDER)
     train.set_defaults(handler=lambda a: _delegate("classifiers.train", a.rest))
@@ -282,6 +336,145 @@ def _chunks(items: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[st
 
 def _write(stdout: TextIO, obj: dict[str, Any]) -> None:
     stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+# --- incidents, suppression, feedback ---------------------------------------------
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from monitor.store import init_db, make_engine
+
+    engine = make_engine(_settings(args).store.url)
+    init_db(engine)
+    return engine
+
+
+def parse_since(value: str | None) -> Any:
+    """A cut-off time from '7d', '12h' or an ISO date; None stays None."""
+    from datetime import UTC, datetime, timedelta
+
+    from monitor.config import parse_duration
+
+    if not value:
+        return None
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(value))
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise SystemExit(f"--since: {value!r} is neither a duration (7d) nor a date (2026-11-01)")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _cmd_incidents_list(args: argparse.Namespace) -> int:
+    from monitor.triage import list_incidents
+
+    rows = list_incidents(_engine(args), school=args.school, category=args.category,
+                          status=args.status, since=parse_since(args.since))
+    print(f"{'id':>5}  {'status':<14} {'category':<13} {'severity':<8} {'school':<14} "
+          f"{'mentions':>8}  {'last seen (UTC)':<16}  title")
+    for i in rows:
+        print(f"{i.id:>5}  {i.status:<14} {i.category:<13} {i.severity or '-':<8} "
+              f"{i.school_id:<14} {i.mention_count:>8}  {i.last_seen:%Y-%m-%d %H:%M}  {i.title[:60]}")
+    if not rows:
+        print("no incidents match")
+    return 0
+
+
+def _cmd_incidents_show(args: argparse.Namespace) -> int:
+    from monitor.triage import TriageError, detail
+
+    try:
+        found = detail(_engine(args), args.incident_id)
+    except TriageError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    i = found.incident
+    print(f"incident #{i.id}: {i.category} {i.severity or ''} {i.subtype or ''}".rstrip())
+    print(f"school {i.school_id}; status {i.status}; {i.mention_count} mentions on "
+          f"{', '.join(i.platforms)}; first seen {i.first_seen:%Y-%m-%d %H:%M} UTC, "
+          f"last seen {i.last_seen:%Y-%m-%d %H:%M} UTC")
+    print("\nmentions:")
+    for mention, verdict in found.mentions:
+        print(f"  [{mention.id}] {mention.published_at:%Y-%m-%d %H:%M} {mention.platform} "
+              f"{mention.author or '-'}: {(mention.title or mention.text)[:100]!r}")
+        print(f"       {mention.url}")
+        if verdict is not None:
+            print(f"       {verdict.category} {verdict.severity or ''}: {'; '.join(verdict.reasons)}")
+    print("\nmessages:")
+    for message in found.messages:
+        print(f"  {message.kind:<7} {message.recipient:<40} {message.status:<8} "
+              f"attempts {message.attempts}")
+    print("\naudit:")
+    for entry in found.audit:
+        print(f"  {entry.at:%Y-%m-%d %H:%M:%S} {entry.actor}: {entry.action} {entry.detail}")
+    return 0
+
+
+def _cmd_incident_action(args: argparse.Namespace) -> int:
+    from monitor.triage import TriageError, apply
+
+    try:
+        incident = apply(_engine(args), args.incident_id, args.action, args.by, note=args.note)
+    except TriageError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"incident #{incident.id} is {incident.status} ({args.action} by {args.by}, audited)")
+    return 0
+
+
+def _cmd_suppress_add(args: argparse.Namespace) -> int:
+    from monitor.feedback import FeedbackError, add_rule
+
+    settings = _settings(args)
+    if args.school not in {s.id for s in settings.schools}:
+        print(f"unknown school {args.school!r}", file=sys.stderr)
+        return 2
+    kind, value = ("author", args.author) if args.author else ("phrase", args.phrase)
+    try:
+        rule = add_rule(_engine(args), args.school, kind, value, args.by, args.reason)
+    except FeedbackError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"rule #{rule.id}: {kind} {rule.value!r} suppressed for {args.school} "
+          f"(undo: schoolwatch suppress remove {rule.id} --by NAME)")
+    return 0
+
+
+def _cmd_suppress_list(args: argparse.Namespace) -> int:
+    from monitor.feedback import list_rules
+
+    rules = list_rules(_engine(args), args.school, include_removed=args.all)
+    for rule in rules:
+        state = (f"removed by {rule.removed_by} {rule.removed_at:%Y-%m-%d}" if rule.removed_at
+                 else "active")
+        print(f"#{rule.id:<4} {rule.school_id:<14} {rule.kind:<7} {rule.value!r:<40} "
+              f"by {rule.created_by} {rule.created_at:%Y-%m-%d}  {state}")
+    if not rules:
+        print("no suppression rules")
+    return 0
+
+
+def _cmd_suppress_remove(args: argparse.Namespace) -> int:
+    from monitor.feedback import FeedbackError, remove_rule
+
+    try:
+        rule = remove_rule(_engine(args), args.rule_id, args.by)
+    except FeedbackError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"rule #{rule.id} removed; mentions it matched will be alerted again")
+    return 0
+
+
+def _cmd_feedback_export(args: argparse.Namespace) -> int:
+    from monitor.feedback import export_examples
+
+    count = export_examples(_engine(args), args.out)
+    print(f"{count} labelled examples written to {args.out}")
+    return 0
 
 
 # --- sources -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, tuple_
 from sqlmodel import Session, select
 
 from alerts.base import Channel
-from classifiers.base import Assessment, Classifier, ClassifierInput
+from classifiers.base import Assessment, Category, Classifier, ClassifierInput
 from connectors.base import (
     AuthFailed,
     Batch,
@@ -28,6 +28,7 @@ from connectors.base import (
 from monitor import registry
 from monitor.config import Settings, SourceSettings, validate_options
 from monitor.dedupe import canonical_url, text_hash
+from monitor.feedback import Suppressions
 from monitor.incidents import attach
 from monitor.outbox import DeliveryReport, deliver_due, queue_admin_notice, queue_incident_alert
 from monitor.relevance import SchoolMatcher
@@ -171,7 +172,7 @@ class Runner:
         matcher = self.matchers[source.school]
         relevant = [m for m in fresh if not source.require_mention or matcher.matches(m.title, m.text)]
         result.relevant = len(relevant)
-        assessments = self._classify(source, relevant)
+        assessments = self._classify_unless_suppressed(source, relevant)
         relevant_ids = {id(m) for m in relevant}
         with Session(self.engine) as session:
             for mention in fresh:
@@ -223,6 +224,28 @@ class Runner:
             result.queued += queue_incident_alert(session, self.settings, change.incident, row,
                                                   assessment, update_reason=change.escalation,
                                                   now=self.clock())
+
+    def _classify_unless_suppressed(self, source: SourceSettings,
+                                    mentions: Sequence[Mention]) -> list[Assessment]:
+        """Verdicts in order; mentions a school's suppression rule covers are not classified."""
+        if not mentions:
+            return []
+        with Session(self.engine) as session:
+            suppressions = Suppressions.load(session, source.school)
+        verdicts: dict[int, Assessment] = {}
+        to_classify = []
+        for index, mention in enumerate(mentions):
+            rule = suppressions.match(mention.author, f"{mention.title or ''}\n{mention.text}")
+            if rule is None:
+                to_classify.append(index)
+            else:
+                verdicts[index] = Assessment(
+                    category=Category.NONE, classifier="suppression",
+                    reasons=[f"suppressed by rule #{rule.id} ({rule.kind} '{rule.value}', "
+                             f"added by {rule.created_by})"])
+        classified = self._classify(source, [mentions[i] for i in to_classify])
+        verdicts.update(zip(to_classify, classified, strict=True))
+        return [verdicts[i] for i in range(len(mentions))]
 
     def _classify(self, source: SourceSettings, mentions: Sequence[Mention]) -> list[Assessment]:
         if not mentions:

@@ -187,14 +187,33 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_APPEND_ONLY_SQLITE = (
+    "CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log "
+    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log "
+    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+)
+_APPEND_ONLY_POSTGRES = (
+    "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$",
+    "DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log",
+    "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+    "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()",
+)
+
+
 def init_db(engine: Engine) -> None:
-    """Create any missing tables."""
+    """Create any missing tables, and make the audit log append-only in the database."""
     SQLModel.metadata.create_all(engine)
+    statements = {"sqlite": _APPEND_ONLY_SQLITE, "postgresql": _APPEND_ONLY_POSTGRES}
+    with engine.begin() as connection:
+        for statement in statements.get(engine.dialect.name, ()):
+            connection.exec_driver_sql(statement)
 
 
 def audit(session: Session, actor: str, action: str, object_type: str | None = None,
-          object_id: Any = None, **detail: Any) -> None:
+          object_id: Any = None, at: datetime | None = None, **detail: Any) -> None:
     """Add an audit entry to the session's transaction."""
     session.add(AuditEntry(actor=actor, action=action, object_type=object_type,
                            object_id=None if object_id is None else str(object_id),
-                           detail=detail))
+                           detail=detail, at=at or utcnow()))
