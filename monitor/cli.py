@@ -109,6 +109,34 @@ def _parser() -> argparse.ArgumentParser:
         _config_option(step)
         step.set_defaults(handler=_cmd_incident_action, action=action)
 
+    for action, text in (("hold", "place a legal hold: nothing of the incident is purged or erased"),
+                         ("release", "lift a legal hold")):
+        step = incident_commands.add_parser(action, help=text)
+        step.add_argument("incident_id", type=int)
+        step.add_argument("--by", required=True)
+        step.add_argument("--reason", required=action == "hold")
+        _config_option(step)
+        step.set_defaults(handler=_cmd_incident_hold, hold=action == "hold")
+
+    purge = commands.add_parser("purge", help="delete records older than [retention] keeps")
+    purge.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    _config_option(purge)
+    purge.set_defaults(handler=_cmd_purge)
+
+    privacy = commands.add_parser("privacy", help="data-subject requests")
+    privacy_commands = privacy.add_subparsers(title="privacy commands", metavar="ACTION")
+    subject_export = privacy_commands.add_parser("export", help="everything stored about a person")
+    subject_export.add_argument("--subject", required=True, help="a handle or a name")
+    subject_export.add_argument("--out", type=Path, required=True)
+    subject_export.add_argument("--by", required=True)
+    _config_option(subject_export)
+    subject_export.set_defaults(handler=_cmd_privacy_export)
+    erase = privacy_commands.add_parser("erase", help="erase what is stored about a person")
+    erase.add_argument("--subject", required=True)
+    erase.add_argument("--by", required=True)
+    _config_option(erase)
+    erase.set_defaults(handler=_cmd_privacy_erase)
+
     suppress = commands.add_parser("suppress", help="per-school suppression rules")
     suppress_commands = suppress.add_subparsers(title="suppress commands", metavar="ACTION")
     adding = suppress_commands.add_parser("add", help="stop alerting on an author or phrase")
@@ -422,6 +450,54 @@ def _cmd_incident_action(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     print(f"incident #{incident.id} is {incident.status} ({args.action} by {args.by}, audited)")
+    return 0
+
+
+def _cmd_incident_hold(args: argparse.Namespace) -> int:
+    from monitor.privacy import set_legal_hold
+
+    try:
+        incident = set_legal_hold(_engine(args), args.incident_id, args.by, args.hold, args.reason)
+    except LookupError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    state = f"under legal hold ({incident.legal_hold_reason})" if incident.legal_hold else "released"
+    print(f"incident #{incident.id} {state}")
+    return 0
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from monitor.retention import purge
+
+    settings = _settings(args)
+    counts = purge(_engine(args), settings.retention, dry_run=args.dry_run, actor="cli")
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb}: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())
+                                   if v and k != "incidents_on_hold_kept") or "nothing"))
+    print(f"incidents under legal hold kept: {counts['incidents_on_hold_kept']}")
+    return 0
+
+
+def _cmd_privacy_export(args: argparse.Namespace) -> int:
+    from monitor.privacy import export_subject
+
+    counts = export_subject(_engine(args), args.subject, args.out, args.by)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _cmd_privacy_erase(args: argparse.Namespace) -> int:
+    from monitor.privacy import erase_subject
+
+    counts, refused = erase_subject(_engine(args), args.subject, args.by)
+    print("erased: " + ", ".join(f"{k} {v}" for k, v in counts.items()
+                                 if k not in ("mentions_refused_legal_hold", "pending_messages_kept")))
+    if counts["pending_messages_kept"]:
+        print(f"kept {counts['pending_messages_kept']} undelivered alerts (they go to the DSL/head first)")
+    if refused:
+        print(f"REFUSED {counts['mentions_refused_legal_hold']} mentions in incidents under legal "
+              f"hold: {', '.join(f'#{i}' for i in refused)}. Release the hold to erase them.")
+        return 1
     return 0
 
 

@@ -129,6 +129,32 @@ def _check_email(value: str) -> str:
     return value
 
 
+class RetentionSettings(Strict):
+    """How long each kind of record is kept (UK GDPR storage limitation); days."""
+
+    # Mentions about the school that were not flagged, and their verdicts.
+    unflagged_days: int = Field(30, ge=1, le=3650)
+    # Flagged incidents, by category, counted from the last mention. Set safeguarding to
+    # the school's safeguarding records policy; the default is a cautious starting point.
+    safeguarding_days: int = Field(2190, ge=30, le=36500)
+    disparaging_days: int = Field(730, ge=30, le=36500)
+    reputational_days: int = Field(365, ge=30, le=36500)
+    # Incidents staff closed as false positives.
+    false_positive_days: int = Field(30, ge=1, le=3650)
+    # Delivered messages (they quote the post); undelivered ones are never purged.
+    sent_messages_days: int = Field(90, ge=1, le=3650)
+    # Platform ids of everything fetched (no text), so old items are not processed again.
+    seen_ids_days: int = Field(90, ge=7, le=3650)
+    # Staff verdicts kept as training examples.
+    feedback_days: int = Field(365, ge=1, le=3650)
+    # When the daily purge runs (local time, HH:MM).
+    purge_at: str = Field("03:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+
+    def for_category(self, category: str) -> int:
+        """Days an incident of ``category`` is kept."""
+        return getattr(self, f"{category}_days", self.unflagged_days)
+
+
 class SchoolSettings(Strict):
     """A watched school: its names, what is not it, and who hears about what."""
 
@@ -208,6 +234,7 @@ class Settings(Strict):
     email: EmailSettings = Field(default_factory=EmailSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     schools: list[SchoolSettings] = Field(min_length=1)
     sources: list[SourceSettings] = Field(default_factory=list)
     routes: list[RouteSettings] = Field(default_factory=lambda: list(DEFAULT_ROUTES))

@@ -32,6 +32,7 @@ from monitor.feedback import Suppressions
 from monitor.incidents import attach
 from monitor.outbox import DeliveryReport, deliver_due, queue_admin_notice, queue_incident_alert
 from monitor.relevance import SchoolMatcher
+from monitor.retention import purge
 from monitor.store import (
     AssessmentRow,
     MentionRow,
@@ -370,6 +371,13 @@ class Runner:
         except Exception:
             log.exception("outbox pass failed; messages stay queued")
             return DeliveryReport()
+
+    def purge(self) -> None:
+        """The daily retention purge; never raises."""
+        try:
+            purge(self.engine, self.settings.retention, now=self.clock())
+        except Exception:
+            log.exception("retention purge failed; it runs again tomorrow")
 
     def close(self) -> None:
         """Close connectors and channels."""

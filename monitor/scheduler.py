@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor.pipeline import PollResult, Runner
@@ -17,6 +18,7 @@ from monitor.pipeline import PollResult, Runner
 log = logging.getLogger(__name__)
 
 OUTBOX_JOB = "outbox"
+PURGE_JOB = "purge"
 WORKERS = 4
 
 
@@ -44,6 +46,11 @@ def build_scheduler(runner: Runner) -> BackgroundScheduler:
     scheduler.add_job(
         runner.deliver_outbox, IntervalTrigger(seconds=settings.scheduler.outbox_interval),
         id=OUTBOX_JOB, name="deliver outbox", next_run_time=now,
+    )
+    hour, minute = (int(part) for part in settings.retention.purge_at.split(":"))
+    scheduler.add_job(
+        runner.purge, CronTrigger(hour=hour, minute=minute, timezone=settings.timezone),
+        id=PURGE_JOB, name="retention purge",
     )
     return scheduler
 

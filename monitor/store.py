@@ -79,6 +79,9 @@ class Incident(SQLModel, table=True):
     platforms: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     # Bumped each time an update is sent (escalation), so Message-IDs stay unique.
     revision: int = 0
+    # Under a legal hold nothing of the incident is purged or erased.
+    legal_hold: bool = False
+    legal_hold_reason: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class MentionRow(SQLModel, table=True):
