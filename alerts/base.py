@@ -20,6 +20,8 @@ class OutgoingMessage(BaseModel):
     message_id: str
     # Extra headers such as In-Reply-To / References that thread updates together.
     headers: dict[str, str] = Field(default_factory=dict)
+    # Inline images for the HTML part: Content-ID (without <>) -> PNG, shown as cid:<id>.
+    images: dict[str, bytes] = Field(default_factory=dict)
 
 
 class DeliveryError(Exception):

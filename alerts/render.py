@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -30,6 +30,11 @@ POLICY_NOTES = {
     ),
 }
 SEVERITY_COLOURS = {"high": "#b00020", "medium": "#b35c00", "low": "#5f6368", None: "#5f6368"}
+# Digest badges and the trend chart; unknown categories fall back to "none".
+CATEGORY_ORDER = ("safeguarding", "disparaging", "reputational", "none")
+CATEGORY_COLOURS = {"safeguarding": "#b00020", "disparaging": "#b35c00",
+                    "reputational": "#4f6d8c", "none": "#c4c7cc"}
+CATEGORY_LABELS = {"none": "not flagged"}
 
 
 @dataclass(frozen=True)
@@ -57,14 +62,12 @@ class AlertView:
     @property
     def safe_url(self) -> str | None:
         """The post's link when it is plain http(s); anything else is shown as text only."""
-        parts = urlsplit(self.url)
-        return self.url if parts.scheme in ("http", "https") and parts.netloc else None
+        return safe_url(self.url)
 
     @property
     def local_time(self) -> str:
         """Publication time in the school's time zone, e.g. 'Tue 3 Mar 2026, 21:14 GMT'."""
-        local = self.published_at.astimezone(ZoneInfo(self.timezone))
-        return f"{local:%a} {local.day} {local:%b %Y, %H:%M %Z}"
+        return local_time(self.published_at, self.timezone)
 
     @property
     def subtype_label(self) -> str | None:
@@ -82,11 +85,25 @@ class AlertView:
         return POLICY_NOTES.get(self.category, "")
 
 
+def safe_url(url: str) -> str | None:
+    """``url`` when it is plain http(s) with a host; anything else is shown as text only."""
+    parts = urlsplit(url)
+    return url if parts.scheme in ("http", "https") and parts.netloc else None
+
+
+def local_time(moment: datetime, timezone: str) -> str:
+    """'Tue 3 Mar 2026, 21:14 GMT' in ``timezone``; naive times are taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # the store keeps UTC without tzinfo
+    local = moment.astimezone(ZoneInfo(timezone))
+    return f"{local:%a} {local.day} {local:%b %Y, %H:%M %Z}"
+
+
 def subject_for(view: AlertView) -> str:
     """Subject naming school, category, severity and platform."""
     what = view.category.upper()
     detail = ", ".join(x for x in (view.severity, view.subtype_label) if x)
-    prefix = "Update: " if view.kind == "update" else ""
+    prefix = {"update": "Update: ", "escalation": "ESCALATED: "}.get(view.kind, "")
     return (f"[Schoolwatch] {prefix}{what}{f' ({detail})' if detail else ''} - "
             f"{view.school_name} - {view.platform}")
 

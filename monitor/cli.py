@@ -118,6 +118,31 @@ def _parser() -> argparse.ArgumentParser:
         _config_option(step)
         step.set_defaults(handler=_cmd_incident_hold, hold=action == "hold")
 
+    evidence = commands.add_parser("evidence", help="export or verify an incident's evidence pack")
+    evidence_commands = evidence.add_subparsers(title="evidence commands", metavar="ACTION")
+    pack = evidence_commands.add_parser("export", help="write an incident's evidence pack (zip)")
+    pack.add_argument("incident_id", type=int)
+    pack.add_argument("--out", type=Path, required=True)
+    pack.add_argument("--by", help="who is exporting (default: your login name)")
+    _config_option(pack)
+    pack.set_defaults(handler=_cmd_evidence_export)
+    check_pack = evidence_commands.add_parser("verify", help="re-check every hash in a pack")
+    check_pack.add_argument("file", type=Path)
+    check_pack.add_argument("--manifest-sha256",
+                            help="the manifest hash printed at export (and in the audit log)")
+    check_pack.set_defaults(handler=_cmd_evidence_verify)
+
+    digest = commands.add_parser("digest", help="daily and weekly digests")
+    digest_commands = digest.add_subparsers(title="digest commands", metavar="ACTION")
+    digest_preview = digest_commands.add_parser("preview", help="write the digest that would go now")
+    digest_preview.add_argument("--school", required=True)
+    digest_preview.add_argument("--period", choices=["daily", "weekly"], default="daily")
+    digest_preview.add_argument("--role", help="default: the first role a digest route names")
+    digest_preview.add_argument("--out", type=Path,
+                                help="an .html (images inline) or .eml file; default digest-SCHOOL-PERIOD.html")
+    _config_option(digest_preview)
+    digest_preview.set_defaults(handler=_cmd_digest_preview)
+
     purge = commands.add_parser("purge", help="delete records older than [retention] keeps")
     purge.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     _config_option(purge)
@@ -463,6 +488,48 @@ def _cmd_incident_hold(args: argparse.Namespace) -> int:
         return 1
     state = f"under legal hold ({incident.legal_hold_reason})" if incident.legal_hold else "released"
     print(f"incident #{incident.id} {state}")
+    return 0
+
+
+def _cmd_evidence_export(args: argparse.Namespace) -> int:
+    from monitor.evidence.cli import export_command
+
+    settings = _settings(args)
+    return export_command(settings, args.incident_id, args.out, args.by, evidence=settings.evidence)
+
+
+def _cmd_evidence_verify(args: argparse.Namespace) -> int:
+    from monitor.evidence.cli import verify_command
+
+    return verify_command(args.file, args.manifest_sha256)
+
+
+def _cmd_digest_preview(args: argparse.Namespace) -> int:
+    import base64
+    from datetime import UTC, datetime
+
+    from alerts.base import OutgoingMessage
+    from alerts.email import build_email
+    from monitor.digests import preview
+
+    settings = _settings(args)
+    if args.school not in {s.id for s in settings.schools}:
+        print(f"unknown school {args.school!r}", file=sys.stderr)
+        return 2
+    role, rendered = preview(_engine(args), settings, args.school, args.period, args.role,
+                             datetime.now(UTC))
+    out = args.out or Path(f"digest-{args.school}-{args.period}.html")
+    if out.suffix == ".eml":
+        message = OutgoingMessage(recipient=f"{role}@preview.invalid", sender=settings.email.sender,
+                                  subject=rendered.subject, text=rendered.text, html=rendered.html,
+                                  message_id="<preview@schoolwatch.invalid>", images=rendered.images)
+        out.write_bytes(bytes(build_email(message)))
+    else:
+        html = rendered.html
+        for cid, data in rendered.images.items():
+            html = html.replace(f"cid:{cid}", "data:image/png;base64," + base64.b64encode(data).decode())
+        out.write_text(html, encoding="utf-8")
+    print(f"{rendered.subject}\nwritten to {out} (for role {role}; nothing was sent)")
     return 0
 
 

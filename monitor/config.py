@@ -20,6 +20,7 @@ from pydantic import (
 
 from classifiers.base import Category, Severity
 from monitor import registry
+from monitor.evidence.settings import EvidenceSettings
 from monitor.secrets import EnvSecret
 
 DEFAULT_STORE_URL = "sqlite:///schoolwatch.db"
@@ -202,13 +203,30 @@ class SourceSettings(Strict):
         return value
 
 
+_CLOCK = r"^([01]\d|2[0-3]):[0-5]\d$"
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
 class RouteSettings(Strict):
-    """Which category, from which severity, goes to which roles."""
+    """Which category, from which severity, goes to which roles, how and when."""
 
     category: Category
     roles: list[str] = Field(min_length=1)
     min_severity: Severity = Severity.LOW
-    cadence: Literal["immediate"] = "immediate"
+    # immediate: an email per incident; daily / weekly: listed in that digest instead.
+    cadence: Literal["immediate", "daily", "weekly"] = "immediate"
+    # Local time of the digest (daily and weekly) and its day (weekly).
+    at: str = Field("07:30", pattern=_CLOCK)
+    day: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                 "sunday"] = "monday"
+    # Limit the route to some schools (a trust with different arrangements per school).
+    schools: list[str] | None = None
+    # Channels: "email" (the default) and/or names of [channels.NAME] tables (Teams, Slack, SMS).
+    channels: list[str] = Field(default_factory=lambda: ["email"], min_length=1)
+
+    def applies_to(self, school_id: str) -> bool:
+        """True when this route covers the school."""
+        return self.schools is None or school_id in self.schools
 
     @field_validator("category")
     @classmethod
@@ -216,6 +234,37 @@ class RouteSettings(Strict):
         if value is Category.NONE:
             raise ValueError("routes are for flagged categories: safeguarding, disparaging, reputational")
         return value
+
+
+class AlertingSettings(Strict):
+    """Quiet hours, spreading stories, and escalation of unacknowledged safeguarding alerts."""
+
+    # Non-safeguarding immediate alerts queued in these local hours wait until the end.
+    quiet_hours_start: str | None = Field(None, pattern=_CLOCK)
+    quiet_hours_end: str | None = Field(None, pattern=_CLOCK)
+    # An open incident that reaches one of these mention counts sends one update.
+    volume_steps: list[int] = Field(default_factory=lambda: [10, 50, 200])
+    # A high-severity safeguarding incident nobody acknowledged after this long goes to
+    # the next roles on the list, one step per interval.
+    escalate_after: Duration = Field(1800, ge=60, le=7 * 86400)
+    escalation_roles: list[str] = Field(default_factory=lambda: ["headteacher"])
+    # Trend window shown in digests, days.
+    trend_days: int = Field(14, ge=7, le=90)
+
+    @model_validator(mode="after")
+    def _both_ends(self) -> AlertingSettings:
+        if (self.quiet_hours_start is None) != (self.quiet_hours_end is None):
+            raise ValueError("give both quiet_hours_start and quiet_hours_end, or neither")
+        if sorted(set(self.volume_steps)) != self.volume_steps or any(v < 2 for v in self.volume_steps):
+            raise ValueError("volume_steps must be increasing counts of at least 2")
+        return self
+
+
+class ChannelSettings(Strict):
+    """A notification channel besides email, through Apprise (Teams, Slack, SMS gateways...)."""
+
+    # Apprise URLs carry tokens, so each is read from the environment.
+    urls: list[EnvSecret] = Field(min_length=1)
 
 
 DEFAULT_ROUTES: tuple[RouteSettings, ...] = (
@@ -235,6 +284,9 @@ class Settings(Strict):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    alerting: AlertingSettings = Field(default_factory=AlertingSettings)
+    evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
+    channels: dict[str, ChannelSettings] = Field(default_factory=dict)
     schools: list[SchoolSettings] = Field(min_length=1)
     sources: list[SourceSettings] = Field(default_factory=list)
     routes: list[RouteSettings] = Field(default_factory=lambda: list(DEFAULT_ROUTES))
@@ -290,9 +342,20 @@ def _cross_check(settings: Settings) -> Iterable[str]:
             if role not in roles:
                 yield (f"routes[{i}].roles: no school defines recipients for role {role!r}"
                        f" (defined: {', '.join(sorted(roles)) or 'none'})")
+        for school in route.schools or []:
+            if school not in school_ids:
+                yield f"routes[{i}].schools: unknown school {school!r}; known: {', '.join(school_ids)}"
+        for channel in route.channels:
+            if channel != "email" and channel not in settings.channels:
+                known = ", ".join(["email", *settings.channels])
+                yield f"routes[{i}].channels: unknown channel {channel!r}; known: {known}"
+    for role in settings.alerting.escalation_roles:
+        if role not in roles:
+            yield (f"alerting.escalation_roles: no school defines recipients for role {role!r}"
+                   f" (defined: {', '.join(sorted(roles)) or 'none'})")
     for i, school in enumerate(settings.schools):
         for route in settings.routes:
-            if route.category is Category.SAFEGUARDING and not any(
+            if route.category is Category.SAFEGUARDING and route.applies_to(school.id) and not any(
                 school.recipients.get(role) for role in route.roles
             ):
                 yield (f"schools[{i}].recipients: no one for safeguarding alerts "

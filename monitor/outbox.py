@@ -1,6 +1,7 @@
 """The outbox: messages are stored before they are sent, and retried until they go."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import random
@@ -16,7 +17,7 @@ from alerts.base import Channel, DeliveryError, OutgoingMessage
 from alerts.render import AlertView, excerpt, render_alert, render_notice
 from classifiers.base import Assessment, Category, Severity
 from monitor.config import Settings
-from monitor.routing import recipients_for
+from monitor.routing import EMAIL, Delivery, recipients_for, release_time
 from monitor.store import Incident, MentionRow, OutboxMessage, as_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,14 @@ def message_id(sender: str, *parts: object) -> str:
 
 
 def queue_incident_alert(session: Session, settings: Settings, incident: Incident,
-                         mention: MentionRow, assessment: Assessment,
-                         update_reason: str | None = None, now: datetime | None = None) -> int:
-    """Queue an alert (or an update) about ``incident`` for each routed recipient."""
+                         mention: MentionRow, reasons: list[str], kind: str = "alert",
+                         update_reason: str | None = None, now: datetime | None = None,
+                         deliveries: list[Delivery] | None = None) -> int:
+    """Queue an alert, update or escalation about ``incident`` for each recipient."""
+    now = now or utcnow()
     school = settings.school(incident.school_id)
-    kind = "update" if update_reason else "alert"
-    if update_reason:
+    category, severity = _category(incident), _severity(incident)
+    if kind != "alert":
         incident.revision += 1
         session.add(incident)
     view = AlertView(
@@ -47,32 +50,38 @@ def queue_incident_alert(session: Session, settings: Settings, incident: Inciden
         severity=incident.severity, subtype=incident.subtype, platform=mention.platform,
         author=mention.author, title=mention.title, excerpt=excerpt(mention.text),
         url=mention.url, published_at=as_utc(mention.published_at),
-        reasons=list(assessment.reasons), incident_id=incident.id,
+        reasons=list(reasons), incident_id=incident.id,
         mention_count=incident.mention_count, timezone=settings.timezone,
         update_reason=update_reason, platforms=list(incident.platforms),
     )
     subject, text, html = render_alert(view)
-    deliveries = recipients_for(assessment.category if not update_reason
-                                else _category(incident), _severity(incident), school,
-                                settings.routes)
+    if deliveries is None:
+        deliveries = recipients_for(category, severity, school, settings.routes)
     if not deliveries:
         log.warning("incident %s (%s) has no recipients at school %s; check routes",
                     incident.id, incident.category, school.id)
+    # Quiet hours hold everything except safeguarding, which goes at once, day or night.
+    due = now if category is Category.SAFEGUARDING else release_time(
+        now, settings.alerting, settings.timezone)
     for delivery in deliveries:
         person = delivery.recipient.lower()
         headers = {}
-        if update_reason:
+        if kind != "alert":
             first = message_id(settings.email.sender, "incident", incident.id, 0, person)
             headers = {"In-Reply-To": first, "References": first}
+        channel = settings.email.channel if delivery.channel == EMAIL else delivery.channel
         session.add(OutboxMessage(
-            dedupe_key=f"{kind}:{incident.id}:{incident.revision}:{person}",
+            dedupe_key=f"{kind}:{incident.id}:{incident.revision}:{delivery.channel}:{person}",
             kind=kind, incident_id=incident.id, school_id=school.id, role=delivery.role,
-            channel=settings.email.channel, recipient=delivery.recipient,
+            channel=channel, recipient=delivery.recipient,
             sender=settings.email.sender, subject=subject, body_text=text, body_html=html,
             message_id=message_id(settings.email.sender, "incident", incident.id,
                                   incident.revision, person),
-            headers=headers, created_at=now or utcnow(), next_attempt_at=now or utcnow(),
+            headers=headers, created_at=now, next_attempt_at=due,
         ))
+    if due > now:
+        log.info("incident %s: %d alerts held for quiet hours until %s UTC", incident.id,
+                 len(deliveries), f"{due:%Y-%m-%d %H:%M}")
     return len(deliveries)
 
 
@@ -174,9 +183,10 @@ def _failed(engine: Engine, row: OutboxMessage, error: str, permanent: bool,
 
 
 def _outgoing(row: OutboxMessage) -> OutgoingMessage:
+    images = {cid: base64.b64decode(data) for cid, data in (row.images or {}).items()}
     return OutgoingMessage(recipient=row.recipient, sender=row.sender, subject=row.subject,
                            text=row.body_text, html=row.body_html, message_id=row.message_id,
-                           headers=row.headers or {})
+                           headers=row.headers or {}, images=images)
 
 
 def _category(incident: Incident) -> Category:

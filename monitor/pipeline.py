@@ -28,6 +28,10 @@ from connectors.base import (
 from monitor import registry
 from monitor.config import Settings, SourceSettings, validate_options
 from monitor.dedupe import canonical_url, text_hash
+from monitor.digests import queue_digests
+from monitor.escalation import escalate_due
+from monitor.evidence.page import capture_page
+from monitor.evidence.record import capture_record
 from monitor.feedback import Suppressions
 from monitor.incidents import attach
 from monitor.outbox import DeliveryReport, deliver_due, queue_admin_notice, queue_incident_alert
@@ -66,6 +70,8 @@ class PollResult:
     error: str | None = None
     retry_at: datetime | None = None
     flagged_subjects: list[str] = field(default_factory=list)
+    # Mentions whose evidence record was stored, for the optional page capture after commit.
+    evidence_mentions: list[int] = field(default_factory=list)
 
 
 class Runner:
@@ -116,15 +122,20 @@ class Runner:
             return self._connectors[source.id]
 
     def channel(self, name: str) -> Channel:
-        """The named channel, built once from the [email] settings."""
+        """A channel by outbox name: smtp, file, or apprise:<name> for [channels.<name>]."""
         with self._lock:
             if name not in self._channels:
-                plugin = registry.load(registry.CHANNELS, name)
                 email = self.settings.email
-                options = (email.smtp or {}) if name == "smtp" else (
-                    {"directory": email.outbox_dir} if name == "file" else {})
-                self._channels[name] = plugin(validate_options(plugin.Config, options,
-                                                               f"email.{name}"))
+                if name.startswith("apprise:"):
+                    plugin = registry.load(registry.CHANNELS, "apprise")
+                    urls = self.settings.channels[name.split(":", 1)[1]].urls
+                    config = plugin.Config(urls=urls)
+                else:
+                    plugin = registry.load(registry.CHANNELS, name)
+                    options = (email.smtp or {}) if name == "smtp" else (
+                        {"directory": email.outbox_dir} if name == "file" else {})
+                    config = validate_options(plugin.Config, options, f"email.{name}")
+                self._channels[name] = plugin(config)
             return self._channels[name]
 
     # --- polling -------------------------------------------------------------------
@@ -185,6 +196,10 @@ class Runner:
             self._advance(state, batch)
             session.add(state)
             session.commit()
+        evidence = self.settings.evidence
+        if evidence.snapshot_html or evidence.screenshot:
+            for mention_id in result.evidence_mentions:
+                capture_page(self.engine, mention_id, evidence)
         if result.flagged or result.new:
             log.info("source %s: %d fetched, %d new, %d about the school, %d flagged, "
                      "%d new incidents, %d messages queued", source.id, result.fetched,
@@ -204,27 +219,39 @@ class Runner:
         )
         session.add(row)
         session.flush()
-        session.add(AssessmentRow(
+        verdict = AssessmentRow(
             mention_id=row.id, classifier=assessment.classifier or self.settings.classifier.name,
             category=assessment.category.value,
             severity=assessment.severity.value if assessment.severity else None,
             subtype=assessment.subtype.value if assessment.subtype else None,
             scores=assessment.scores, reasons=assessment.reasons,
-        ))
+        )
+        session.add(verdict)
         if assessment.flagged:
             result.flagged += 1
         change = attach(session, row, assessment)
+        if assessment.flagged or row.incident_id is not None:
+            # The evidence record is hashed now, in the same transaction as the mention.
+            capture_record(session, row, verdict, captured_at=self.clock())
+            result.evidence_mentions.append(row.id)
         if change is None:
             return
+        now = self.clock()
         if change.created:
             result.incidents += 1
             result.queued += queue_incident_alert(session, self.settings, change.incident, row,
-                                                  assessment, now=self.clock())
+                                                  assessment.reasons, now=now)
             result.flagged_subjects.append(f"#{change.incident.id} {change.incident.category}")
         elif change.escalation:
-            result.queued += queue_incident_alert(session, self.settings, change.incident, row,
-                                                  assessment, update_reason=change.escalation,
-                                                  now=self.clock())
+            result.queued += queue_incident_alert(
+                session, self.settings, change.incident, row, assessment.reasons, kind="update",
+                update_reason=change.escalation, now=now)
+        elif change.incident.mention_count in self.settings.alerting.volume_steps \
+                and change.incident.status in ("open", "acknowledged"):
+            result.queued += queue_incident_alert(
+                session, self.settings, change.incident, row, assessment.reasons, kind="update",
+                update_reason=f"this story is spreading: {change.incident.mention_count} mentions "
+                              f"on {', '.join(change.incident.platforms)}", now=now)
 
     def _classify_unless_suppressed(self, source: SourceSettings,
                                     mentions: Sequence[Mention]) -> list[Assessment]:
@@ -371,6 +398,22 @@ class Runner:
         except Exception:
             log.exception("outbox pass failed; messages stay queued")
             return DeliveryReport()
+
+    def send_digests(self, period: str, at: str | None = None) -> None:
+        """Queue and send the digests due now; never raises."""
+        try:
+            if queue_digests(self.engine, self.settings, period, self.clock(), at):
+                self.deliver_outbox()
+        except Exception:
+            log.exception("%s digest failed; it is tried again at its next time", period)
+
+    def escalate(self) -> None:
+        """Escalate overdue safeguarding incidents; never raises."""
+        try:
+            if escalate_due(self.engine, self.settings, self.clock()):
+                self.deliver_outbox()
+        except Exception:
+            log.exception("escalation check failed; it runs again in a minute")
 
     def purge(self) -> None:
         """The daily retention purge; never raises."""

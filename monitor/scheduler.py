@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX_JOB = "outbox"
 PURGE_JOB = "purge"
+ESCALATION_JOB = "escalation"
 WORKERS = 4
 
 
@@ -47,6 +48,16 @@ def build_scheduler(runner: Runner) -> BackgroundScheduler:
         runner.deliver_outbox, IntervalTrigger(seconds=settings.scheduler.outbox_interval),
         id=OUTBOX_JOB, name="deliver outbox", next_run_time=now,
     )
+    scheduler.add_job(runner.escalate, IntervalTrigger(minutes=1), id=ESCALATION_JOB,
+                      name="escalate unacknowledged safeguarding incidents")
+    digest_times = {(r.cadence, r.at, r.day) for r in settings.routes if r.cadence != "immediate"}
+    for cadence, at, day in sorted(digest_times):
+        hour, minute = (int(part) for part in at.split(":"))
+        weekday = day[:3] if cadence == "weekly" else "*"
+        scheduler.add_job(
+            runner.send_digests, CronTrigger(day_of_week=weekday, hour=hour, minute=minute,
+                                             timezone=settings.timezone),
+            args=[cadence, at], id=f"digest:{cadence}:{at}:{weekday}", name=f"{cadence} digest")
     hour, minute = (int(part) for part in settings.retention.purge_at.split(":"))
     scheduler.add_job(
         runner.purge, CronTrigger(hour=hour, minute=minute, timezone=settings.timezone),

@@ -79,6 +79,8 @@ class Incident(SQLModel, table=True):
     platforms: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     # Bumped each time an update is sent (escalation), so Message-IDs stay unique.
     revision: int = 0
+    # How many escalation steps have gone out for lack of an acknowledgement.
+    escalation_level: int = 0
     # Under a legal hold nothing of the incident is purged or erased.
     legal_hold: bool = False
     legal_hold_reason: str | None = Field(default=None, sa_column=Column(Text))
@@ -148,6 +150,8 @@ class OutboxMessage(SQLModel, table=True):
     body_html: str | None = Field(default=None, sa_column=Column(Text))
     message_id: str
     headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
+    # Inline images (Content-ID -> base64 PNG), e.g. a digest's trend chart.
+    images: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
     status: str = Field(default="pending", index=True)  # pending, sent
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
