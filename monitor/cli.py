@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="poll every source once, deliver the outbox, print a summary, exit")
     run.set_defaults(handler=_cmd_run)
 
+    status = commands.add_parser("status", help="health: sources, outbox, open incidents "
+                                 "(exit 0 ok, 1 degraded, 2 failing)")
+    _config_option(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_cmd_status)
+
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_cmd_check_config)
@@ -276,6 +282,30 @@ def _print_summary(settings: Settings, results: list[Any], delivered: Any, runne
              if settings.email.channel == "file" else f"sent via {settings.email.channel}")
     print(f"\n{sum(r.incidents for r in results)} new incidents; {delivered.sent} emails "
           f"{where}; {delivered.failed} failed; {pending} still queued for retry")
+
+
+# --- status ------------------------------------------------------------------------
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from monitor.health import health_report
+
+    settings = _settings(args)
+    report = health_report(_engine(args), settings)
+    if args.json:
+        print(report.to_json())
+    else:
+        print(f"schoolwatch: {report.status.upper()}")
+        for problem in report.problems:
+            print(f"  ! {problem}")
+        print(f"outbox: {report.outbox_pending} pending" + (
+            f", oldest {report.oldest_pending_seconds / 60:.0f} min" if report.oldest_pending_seconds else ""))
+        print("open incidents: " + (", ".join(f"{c} {n}" for c, n in sorted(report.open_incidents.items()))
+                                    or "none"))
+        for source in report.sources:
+            print(f"  {source.id:<28} {source.state:<9} fails {source.consecutive_failures:<3} "
+                  f"last ok {source.last_success or 'never'}")
+    return {"ok": 0, "degraded": 1, "failing": 2}[report.status]
 
 
 # --- check-config ------------------------------------------------------------------

@@ -260,6 +260,21 @@ class AlertingSettings(Strict):
         return self
 
 
+class HealthSettings(Strict):
+    """The optional local health endpoint (/healthz, /metrics) for the admin's monitoring."""
+
+    # host:port to listen on, e.g. "127.0.0.1:9108"; left out, no endpoint is opened.
+    listen: str | None = Field(None, pattern=r"^[\w.\-:\[\]]+:\d{1,5}$")
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port), or None when off."""
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class ChannelSettings(Strict):
     """A notification channel besides email, through Apprise (Teams, Slack, SMS gateways...)."""
 
@@ -286,6 +301,7 @@ class Settings(Strict):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     alerting: AlertingSettings = Field(default_factory=AlertingSettings)
     evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)
     schools: list[SchoolSettings] = Field(min_length=1)
     sources: list[SourceSettings] = Field(default_factory=list)

@@ -33,6 +33,7 @@ from monitor.escalation import escalate_due
 from monitor.evidence.page import capture_page
 from monitor.evidence.record import capture_record
 from monitor.feedback import Suppressions
+from monitor.health import Metrics
 from monitor.incidents import attach
 from monitor.outbox import DeliveryReport, deliver_due, queue_admin_notice, queue_incident_alert
 from monitor.relevance import SchoolMatcher
@@ -92,6 +93,8 @@ class Runner:
             s.id: SchoolMatcher.build(s.name, s.aliases, s.handles, s.exclusions)
             for s in settings.schools
         }
+        self.metrics = Metrics()
+        self.metrics.watch_store(self.engine, settings)
 
     @property
     def classifier(self) -> Classifier:
@@ -144,10 +147,12 @@ class Runner:
         """Poll one source; never raises, so one broken source cannot stop the others."""
         source = self.settings.source(source_id)
         try:
-            return self._poll(source)
+            result = self._poll(source)
         except Exception as exc:  # the last line of defence for a scheduler thread
             log.exception("source %s: unexpected error", source_id)
-            return self._record_failure(source, f"unexpected {type(exc).__name__}: {exc}")
+            result = self._record_failure(source, f"unexpected {type(exc).__name__}: {exc}")
+        self.metrics.record_poll(result)
+        return result
 
     def _poll(self, source: SourceSettings) -> PollResult:
         now = self.clock()
@@ -279,7 +284,9 @@ class Runner:
         if not mentions:
             return []
         inputs = [ClassifierInput(text=m.text, title=m.title, platform=m.platform) for m in mentions]
-        assessments = self.classifier.classify(inputs)
+        classifier = self.classifier
+        with self.metrics.classify_seconds.time():
+            assessments = classifier.classify(inputs)
         if len(assessments) != len(inputs):
             raise RuntimeError(f"classifier returned {len(assessments)} verdicts for {len(inputs)}")
         if source.categories is not None:
@@ -394,10 +401,12 @@ class Runner:
     def deliver_outbox(self) -> DeliveryReport:
         """Send due messages; never raises."""
         try:
-            return deliver_due(self.engine, self.channel, now=self.clock)
+            report = deliver_due(self.engine, self.channel, now=self.clock)
         except Exception:
             log.exception("outbox pass failed; messages stay queued")
-            return DeliveryReport()
+            report = DeliveryReport()
+        self.metrics.record_delivery(report)
+        return report
 
     def send_digests(self, period: str, at: str | None = None) -> None:
         """Queue and send the digests due now; never raises."""

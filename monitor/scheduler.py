@@ -13,6 +13,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from monitor.health import HealthServer
 from monitor.pipeline import PollResult, Runner
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,10 @@ def run_forever(runner: Runner) -> int:
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     scheduler = build_scheduler(runner)
+    health = None
+    if runner.settings.health.address:
+        host, port = runner.settings.health.address
+        health = HealthServer(host, port, runner.engine, runner.settings, runner.metrics).start()
     scheduler.start()
     log.info("schoolwatch running: %d sources, outbox every %ds",
              sum(s.enabled for s in runner.settings.sources),
@@ -101,6 +106,8 @@ def run_forever(runner: Runner) -> int:
     try:
         stop.wait()
     finally:
+        if health is not None:
+            health.stop()
         scheduler.shutdown(wait=True)
         runner.deliver_outbox()
         runner.close()
