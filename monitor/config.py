@@ -20,6 +20,7 @@ from pydantic import (
 
 from classifiers.base import Category, Severity
 from monitor import registry
+from monitor.clustering import ClusteringSettings
 from monitor.evidence.settings import EvidenceSettings
 from monitor.secrets import EnvSecret
 
@@ -300,6 +301,7 @@ class Settings(Strict):
     admin: AdminSettings = Field(default_factory=AdminSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     alerting: AlertingSettings = Field(default_factory=AlertingSettings)
+    incidents: ClusteringSettings = Field(default_factory=ClusteringSettings)
     evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     channels: dict[str, ChannelSettings] = Field(default_factory=dict)

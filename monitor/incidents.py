@@ -1,6 +1,10 @@
-"""Grouping mentions of one story into one incident, by exact duplicate keys."""
+"""Grouping mentions of one story into one incident: exact keys, references, near-duplicates."""
 from __future__ import annotations
 
+from datetime import datetime
+
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import or_
@@ -8,7 +12,10 @@ from sqlmodel import Session, select
 
 from alerts.render import excerpt
 from classifiers.base import CATEGORY_PRIORITY, Assessment, Category, Severity
+from monitor.clustering import StagedStories, StoryIndex, staged, story_refs, story_text
 from monitor.store import Incident, MentionRow, utcnow
+
+log = logging.getLogger(__name__)
 
 TITLE_CHARS = 160
 
@@ -42,10 +49,57 @@ def find_existing(session: Session, row: MentionRow) -> Incident | None:
     return session.get(Incident, match) if match is not None else None
 
 
-def attach(session: Session, row: MentionRow, assessment: Assessment) -> IncidentChange | None:
+def find_referenced(session: Session, row: MentionRow, refs: Sequence[str]) -> Incident | None:
+    """An incident of the same school holding a post that ``row`` reposts, quotes or replies to."""
+    if not refs:
+        return None
+    match = session.exec(
+        select(MentionRow.incident_id)
+        .where(MentionRow.school_id == row.school_id, MentionRow.platform == row.platform,
+               MentionRow.external_id.in_(list(refs)), MentionRow.incident_id.is_not(None),
+               MentionRow.id != row.id)
+        .order_by(MentionRow.id)
+        .limit(1)
+    ).first()
+    return session.get(Incident, match) if match is not None else None
+
+
+def attach(session: Session, row: MentionRow, assessment: Assessment,
+           index: StoryIndex | None = None, refs: Sequence[str] = (),
+           now: datetime | None = None) -> IncidentChange | None:
     """Attach ``row`` to its story's incident, or open one if it is flagged and new."""
     incident = find_existing(session, row)
-    now = utcnow()
+    if incident is None:
+        # The row keeps the platform payload only when flagged; callers pass refs for the rest.
+        incident = find_referenced(session, row, refs or story_refs(row.platform, row.raw))
+    # Near-duplicates: what this transaction attaches reaches ``index`` only once it commits.
+    stage = staged(session, index) if index is not None else None
+    if incident is None and stage is not None:
+        incident = find_similar(session, row, stage)
+    change = _join(session, row, assessment, incident, now or utcnow())
+    if change is not None and stage is not None:
+        stage.add(row.id, change.incident.id, row.school_id, story_text(row.title, row.text),
+                  row.fetched_at)
+    return change
+
+
+def find_similar(session: Session, row: MentionRow, stage: StagedStories) -> Incident | None:
+    """The incident whose story ``row`` retells in other words, checked against the store."""
+    match = stage.match(row.school_id, story_text(row.title, row.text))
+    if match is None:
+        return None
+    incident = session.get(Incident, match.incident_id)
+    if incident is None or incident.school_id != row.school_id:
+        # Deleted since it was indexed: the index must not keep pointing at it.
+        stage.index.forget_incident(match.incident_id)
+        return None
+    log.debug("mention %s joins incident %s as a near-duplicate of mention %s (score %.0f)",
+              row.id, incident.id, match.mention_id, match.score)
+    return incident
+
+
+def _join(session: Session, row: MentionRow, assessment: Assessment,
+          incident: Incident | None, now: datetime) -> IncidentChange | None:
     if incident is None:
         if not assessment.flagged:
             return None

@@ -26,6 +26,7 @@ from connectors.base import (
     SchoolContext,
 )
 from monitor import registry
+from monitor.clustering import StoryIndex, story_refs
 from monitor.config import Settings, SourceSettings, validate_options
 from monitor.dedupe import canonical_url, text_hash
 from monitor.digests import queue_digests
@@ -85,6 +86,11 @@ class Runner:
         self.engine = engine or make_engine(settings.store.url)
         init_db(self.engine)
         self.clock = clock
+        # Near-duplicate index of recent stories, rebuilt from the store at start.
+        self.story_index = StoryIndex.rebuild(
+            self.engine, settings.incidents, clock=clock,
+            school_names={s.id: [s.name, *s.aliases, *s.handles] for s in settings.schools},
+        ) if settings.incidents.enabled else None
         self._classifier = classifier
         self._connectors: dict[str, Connector] = {}
         self._channels: dict[str, Channel] = {}
@@ -195,7 +201,9 @@ class Runner:
             for mention in fresh:
                 session.add(SeenKey(platform=mention.platform, external_id=mention.external_id,
                                     source_id=source.id, relevant=id(mention) in relevant_ids))
-            for mention, assessment in zip(relevant, assessments, strict=True):
+            # Oldest first, so a repost is processed after the post it repeats.
+            for mention, assessment in sorted(zip(relevant, assessments, strict=True),
+                                              key=lambda pair: pair[0].published_at):
                 self._store_mention(session, source, mention, assessment, result)
             state = session.get(SourceState, source.id) or SourceState(source_id=source.id)
             self._advance(state, batch)
@@ -234,7 +242,8 @@ class Runner:
         session.add(verdict)
         if assessment.flagged:
             result.flagged += 1
-        change = attach(session, row, assessment)
+        change = attach(session, row, assessment, self.story_index,
+                        refs=story_refs(mention.platform, mention.raw), now=self.clock())
         if assessment.flagged or row.incident_id is not None:
             # The evidence record is hashed now, in the same transaction as the mention.
             capture_record(session, row, verdict, captured_at=self.clock())

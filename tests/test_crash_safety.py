@@ -88,11 +88,11 @@ def test_crash_inside_store(settings, tmp_path, monkeypatch):
     real_attach = monitor.pipeline.attach
     calls = {"n": 0}
 
-    def attach_then_crash(session, row, assessment):
+    def attach_then_crash(session, row, assessment, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise OSError("simulated disk failure while storing")
-        return real_attach(session, row, assessment)
+        return real_attach(session, row, assessment, *args, **kwargs)
 
     monkeypatch.setattr(monitor.pipeline, "attach", attach_then_crash)
     runner = Runner(settings, classifier=RulesClassifier())
