@@ -1,0 +1,156 @@
+"""Training: targets, folds, calibration, determinism, and reproducing the shipped head."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from classifiers.base import Category, Severity, Subtype
+from classifiers.datasets import TRAIN_PATH, Example, datasets_dir, load_public, sha256_file
+from classifiers.head import CARD_PATH, Head
+from classifiers.train import (
+    Settings,
+    assign_groups,
+    build_targets,
+    calibrate,
+    fit_head,
+    fold_of,
+    main,
+)
+
+needs_public_data = pytest.mark.skipif(
+    not datasets_dir().is_dir(), reason="public datasets not found (../shared/datasets)"
+)
+SG, DIS, REP, NONE = (Category.SAFEGUARDING, Category.DISPARAGING, Category.REPUTATIONAL,
+                      Category.NONE)
+
+
+def test_groups_follow_the_school_named() -> None:
+    texts = ["Harrowgate High is great", "st. aidans fair", "ST AIDAN'S", "Kingsway and Oakfield",
+             "no school here"]
+    groups = assign_groups([Example(text=t, label=NONE) for t in texts], folds=5)
+    assert groups[:3] == ["harrowgate", "st_aidans", "st_aidans"]
+    assert groups[3].startswith("unnamed-") and groups[4].startswith("unnamed-")
+    folds = fold_of(groups, 5)
+    assert folds[1] == folds[2] and folds[0] != folds[1]
+
+
+def test_targets_are_multi_label_and_weighted() -> None:
+    examples = [
+        Example(text="a", label=SG, subtype=Subtype.GROOMING, severity=Severity.HIGH,
+                also_ok=(DIS,)),
+        Example(text="b", label=REP, severity=Severity.LOW),
+        Example(text="c", label=NONE),
+        Example(text="d", label=DIS, source="tweeteval-offensive"),
+        Example(text="e", label=NONE, source="tweeteval-offensive"),
+    ]
+    y = build_targets(examples, public_weight=0.5)
+    assert y.categories.tolist() == [[1, 1, 0], [0, 0, 1], [0, 0, 0], [0, 1, 0], [0, 0, 0]]
+    assert y.subtype.tolist()[0] == list(Subtype).index(Subtype.GROOMING)
+    assert y.subtype.tolist()[1:] == [-1, -1, -1, -1]
+    assert y.severity.tolist() == [2, 0, -1, -1, -1]
+    # Public examples share half the product's total weight between them.
+    assert y.weight.tolist() == pytest.approx([1, 1, 1, 0.75, 0.75])
+
+
+def test_calibration_puts_recall_first() -> None:
+    rng = np.random.default_rng(0)
+    labels = [SG] * 40 + [DIS] * 30 + [NONE] * 30
+    examples = [Example(text=str(i), label=c, severity=Severity.HIGH if c is SG else None)
+                for i, c in enumerate(labels)]
+    probs = np.zeros((100, 3), dtype=np.float32)
+    probs[:40, 0] = rng.uniform(0.3, 1.0, 40)
+    probs[0, 0] = 0.12  # one hard safeguarding case: recall needs a threshold below it
+    probs[40:70, 1] = rng.uniform(0.6, 1.0, 30)
+    probs[70:, :] = rng.uniform(0.0, 0.2, (30, 3))
+    th = calibrate(probs, examples, target_recall=0.97)
+    assert th["safeguarding"] <= 0.12
+    assert 0.2 <= th["disparaging"] <= 0.6
+
+
+def test_fast_macro_f1_matches_the_evaluator() -> None:
+    from classifiers.evaluate import compute_metrics
+    from classifiers.train import PRIORITY, _macro_f1
+
+    rng = np.random.default_rng(2)
+    cats = [SG, DIS, REP, NONE]
+    examples = [Example(text=str(i), label=cats[i % 4],
+                        also_ok=(DIS,) if i % 7 == 0 and i % 4 == 0 else ()) for i in range(60)]
+    pred = rng.integers(0, 4, 60)
+    label = np.array([PRIORITY.index(e.label) for e in examples])
+    accepted = np.zeros((60, 4), dtype=bool)
+    for i, e in enumerate(examples):
+        for c in (e.label, *e.also_ok):
+            accepted[i, PRIORITY.index(c)] = True
+    slow = compute_metrics(examples, [PRIORITY[i] for i in pred])["macro_f1"]
+    assert _macro_f1(pred, label, accepted) == pytest.approx(slow)
+
+
+def test_fit_head_is_deterministic() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(80, 16)).astype(np.float32)
+    examples = [Example(text=str(i), label=[SG, DIS, REP, NONE][i % 4],
+                        subtype=Subtype.SELF_HARM if i % 4 == 0 else None,
+                        severity=None if i % 4 == 3 else Severity.LOW) for i in range(80)]
+    y = build_targets(examples, 0.5)
+    s = Settings(hidden=8, epochs=3, batch_size=16)
+    a, b = fit_head(x, y, s), fit_head(x, y, s)
+    assert a.to_bytes() == b.to_bytes()
+    c = fit_head(x, y, Settings(hidden=8, epochs=3, batch_size=16, seed=1))
+    assert a.to_bytes() != c.to_bytes()
+
+
+@needs_public_data
+def test_public_loader_samples_are_fixed() -> None:
+    a = load_public(names=["complaints"], per_label=20, seed=0)
+    b = load_public(names=["complaints"], per_label=20, seed=0)
+    assert [e.text for e in a] == [e.text for e in b]
+    assert {e.label for e in a} == {REP, NONE} and len(a) == 40
+    assert all(e.source == "complaints" for e in a)
+
+
+def test_main_rejects_missing_data(tmp_path, capsys) -> None:
+    assert main(["--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 2
+    assert main(["--public", "nonsense", "--out", str(tmp_path)]) == 2
+    assert "unknown public source" in capsys.readouterr().err
+
+
+def test_model_card_records_data_hash_and_metrics() -> None:
+    card = CARD_PATH.read_text(encoding="utf-8")
+    head = Head.load()
+    assert sha256_file(CARD_PATH.with_name("head.npz")) in card
+    assert head.meta["data"]["train_sha256"] in card
+    for source in head.meta["settings"]["public"]:
+        assert f"| {source} |" in card
+    assert "@" in card  # provenance lines: repository @ commit
+    assert "macro-F1" in card
+
+
+@needs_public_data
+def test_training_reproduces_the_shipped_head(tmp_path) -> None:
+    """Retrain with the recorded settings (no dev set) and compare with what is shipped."""
+    shipped = Head.load()
+    assert sha256_file(TRAIN_PATH) == shipped.meta["data"]["train_sha256"], (
+        "train.jsonl changed since the head was trained: run `schoolwatch train`"
+    )
+    s = Settings.from_dict(shipped.meta["settings"])
+    argv = ["--out", str(tmp_path), "--no-dev", "--json", "--public", ",".join(s.public)]
+    for name in ("seed", "hidden", "epochs", "batch_size", "folds", "max_length", "per_label",
+                 "lr", "weight_decay", "dropout", "public_weight", "high_weight",
+                 "safeguarding_recall", "high_recall", "subset"):
+        argv += [f"--{name.replace('_', '-')}", str(getattr(s, name))]
+    argv += ["--layers", ",".join(str(x) for x in s.layers)]
+    assert main(argv) == 0
+    fresh = Head.load(tmp_path / "head.npz")
+    for kind in ("model", "ensemble"):
+        for category, value in shipped.meta["thresholds"][kind].items():
+            assert fresh.meta["thresholds"][kind][category] == pytest.approx(value, abs=0.051)
+        old, new = shipped.meta["cv_metrics"][kind], fresh.meta["cv_metrics"][kind]
+        for key in ("macro_f1", "safeguarding_recall", "false_alarm_rate_none"):
+            assert new[key] == pytest.approx(old[key], abs=0.02), (kind, key)
+    np.testing.assert_allclose(
+        np.array(fresh.meta["probe"]["categories"]),
+        np.array(shipped.meta["probe"]["categories"]), atol=0.02,
+    )
+    assert json.loads(json.dumps(fresh.meta["settings"])) == shipped.meta["settings"]
