@@ -23,8 +23,19 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("monitor") / "demo" / "config.toml"))
 
 
+# Commands whose options belong to their own module's parser.
+DELEGATED = {"train": "classifiers.train", "eval": "classifiers.evaluate"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in DELEGATED:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        rest = argv[argv.index(command) + 1:]
+        return _delegate(DELEGATED[command], rest)
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -197,13 +208,10 @@ def _parser() -> argparse.ArgumentParser:
     _config_option(export)
     export.set_defaults(handler=_cmd_feedback_export)
 
-    train = commands.add_parser("train", help="train the classifier head", add_help=False)
-    train.add_argument("rest", nargs=argparse.REMAINDER)
-    train.set_defaults(handler=lambda a: _delegate("classifiers.train", a.rest))
-    evaluate = commands.add_parser("eval", help="evaluate the classifier on labelled JSON Lines",
-                                   add_help=False)
-    evaluate.add_argument("rest", nargs=argparse.REMAINDER)
-    evaluate.set_defaults(handler=lambda a: _delegate("classifiers.evaluate", a.rest))
+    # Listed for --help only: main() hands these to their own modules' parsers.
+    commands.add_parser("train", help="train the classifier head (see: schoolwatch train --help)")
+    commands.add_parser("eval", help="evaluate a classifier on labelled JSON Lines "
+                                     "(see: schoolwatch eval --help)")
     return parser
 
 
@@ -238,7 +246,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.once:
         return run_forever(runner)
     try:
-        results = [runner.poll(s.id) for s in settings.sources if s.enabled]
+        results = [runner.poll(s.id, force=True) for s in settings.sources if s.enabled]
         delivered = runner.deliver_outbox()
         while delivered.sent and _due_messages(runner):
             more = runner.deliver_outbox()

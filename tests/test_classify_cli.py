@@ -61,3 +61,18 @@ def test_school_context_from_config(tmp_path):
     assert code == 0
     assert out[0]["category"] == "none" and out[0]["reasons"][0].startswith("not about Harrowgate High School")
     assert out[1]["category"] == "disparaging"
+
+
+def test_eval_command_reaches_the_evaluator(tmp_path):
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("\n".join(json.dumps(row) for row in [
+        {"text": "i cant do this anymore, took pills tonight", "label": "safeguarding",
+         "subtype": "self_harm", "severity": "high"},
+        {"text": "Great chess result for the school today", "label": "none", "hard_negative": True},
+    ]) + "\n")
+    done = subprocess.run([sys.executable, "-m", "monitor", "eval", "--data", str(data),
+                           "--classifier", "rules", "--json"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["safeguarding_recall"] == 1.0
