@@ -112,7 +112,8 @@ class DeliveryReport:
 
 
 def deliver_due(engine: Engine, channel_for: Callable[[str], Channel],
-                now: Callable[[], datetime] = utcnow, limit: int = 100) -> DeliveryReport:
+                now: Callable[[], datetime] = utcnow, limit: int = 100,
+                lease: timedelta = LEASE) -> DeliveryReport:
     """Send every due message once; failures are rescheduled with backoff, never dropped."""
     report = DeliveryReport()
     with Session(engine) as session:
@@ -124,7 +125,7 @@ def deliver_due(engine: Engine, channel_for: Callable[[str], Channel],
             .limit(limit)
         ).all()
     for row_id in due:
-        row = _claim(engine, row_id, now())
+        row = _claim(engine, row_id, now(), lease)
         if row is None:
             continue  # another sender took it
         try:
@@ -142,14 +143,14 @@ def deliver_due(engine: Engine, channel_for: Callable[[str], Channel],
     return report
 
 
-def _claim(engine: Engine, row_id: int, at: datetime) -> OutboxMessage | None:
+def _claim(engine: Engine, row_id: int, at: datetime, lease: timedelta) -> OutboxMessage | None:
     """Lease the row so that only one sender (thread or replica) sends it."""
     with Session(engine) as session:
         claimed = session.exec(
             update(OutboxMessage)
             .where(OutboxMessage.id == row_id, OutboxMessage.status == "pending",
                    or_(OutboxMessage.leased_until.is_(None), OutboxMessage.leased_until < at))
-            .values(leased_until=at + LEASE)
+            .values(leased_until=at + lease)
         ).rowcount
         session.commit()
         if not claimed:

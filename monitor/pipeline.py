@@ -28,6 +28,7 @@ from connectors.base import (
 from monitor import registry
 from monitor.clustering import StoryIndex, story_refs
 from monitor.config import Settings, SourceSettings, validate_options
+from monitor.coordination import claim, release
 from monitor.dedupe import canonical_url, text_hash
 from monitor.digests import queue_digests
 from monitor.escalation import escalate_due
@@ -149,14 +150,33 @@ class Runner:
 
     # --- polling -------------------------------------------------------------------
 
-    def poll(self, source_id: str) -> PollResult:
-        """Poll one source; never raises, so one broken source cannot stop the others."""
+    def poll(self, source_id: str, force: bool = False) -> PollResult:
+        """Poll one source; never raises, so one broken source cannot stop the others.
+
+        With replicas, only the daemon holding the source's lease polls, and not again
+        within the interval; ``force`` (run --once) skips the interval check only.
+        """
         source = self.settings.source(source_id)
+        scheduler = self.settings.scheduler
+        if scheduler.replicas:
+            gap = timedelta(seconds=0 if force else max(source.interval - scheduler.jitter,
+                                                         source.interval // 2))
+            try:
+                mine = claim(self.engine, source_id, self.clock(),
+                             timedelta(seconds=scheduler.lease), gap)
+            except Exception as exc:  # a database outage must not kill the scheduler thread
+                log.error("source %s: cannot take its lease: %s", source_id, exc)
+                return PollResult(source_id, "failed", error=f"lease: {type(exc).__name__}")
+            if not mine:
+                return PollResult(source_id, "elsewhere")
         try:
             result = self._poll(source)
         except Exception as exc:  # the last line of defence for a scheduler thread
             log.exception("source %s: unexpected error", source_id)
             result = self._record_failure(source, f"unexpected {type(exc).__name__}: {exc}")
+        finally:
+            if scheduler.replicas:
+                release(self.engine, source_id)
         self.metrics.record_poll(result)
         return result
 
@@ -410,7 +430,8 @@ class Runner:
     def deliver_outbox(self) -> DeliveryReport:
         """Send due messages; never raises."""
         try:
-            report = deliver_due(self.engine, self.channel, now=self.clock)
+            report = deliver_due(self.engine, self.channel, now=self.clock,
+                                 lease=timedelta(seconds=self.settings.scheduler.lease))
         except Exception:
             log.exception("outbox pass failed; messages stay queued")
             report = DeliveryReport()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +40,8 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    # time.monotonic() when it arrived, for tests of polling intervals.
+    received: float = 0.0
 
 
 Handler = Callable[[Request], Reply]
@@ -102,6 +105,7 @@ class RecordedServer:
                     method=self.command, path=parts.path, query=parse_qs(parts.query),
                     headers={k: v for k, v in self.headers.items()},
                     body=self.rfile.read(length) if length else b"",
+                    received=time.monotonic(),
                 )
                 with server._lock:
                     server.requests.append(request)
