@@ -1,10 +1,18 @@
-"""Shared fixtures: real local HTTP and SMTP servers, a real SQLite file."""
+"""Shared fixtures: real local HTTP and SMTP servers, and a fresh database per test."""
 from __future__ import annotations
 
 import pytest
 
+from tests.support.database import drop_databases
 from tests.support.http_server import RecordedServer
 from tests.support.smtp_server import SmtpServer
+
+
+@pytest.fixture(autouse=True)
+def _fresh_databases():
+    """Drop the PostgreSQL databases a test created (SQLite files go with tmp_path)."""
+    yield
+    drop_databases()
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.support.database import database_url
+
 SCHOOL = """
 [[schools]]
 id = "harrowgate"
@@ -19,8 +21,8 @@ dsl = ["dsl@harrowgate.example.sch.uk", "deputy.dsl@harrowgate.example.sch.uk"]
 
 def write_config(directory: Path, sources: list[dict], smtp: dict | None = None,
                  extra: str = "", admin: bool = True) -> Path:
-    """A config with the Harrowgate school, the given sources, and SMTP or a file outbox."""
-    lines = [f'[store]\nurl = "sqlite:///{directory / "schoolwatch.db"}"\n',
+    """A config: the Harrowgate school, the given sources, SMTP or a file outbox, a fresh store."""
+    lines = [f'[store]\nurl = "{database_url(directory)}"\n',
              '[email]\nsender = "Schoolwatch <alerts@harrowgate.example.sch.uk>"',
              f'outbox_dir = "{directory / "outbox"}"']
     if smtp:
