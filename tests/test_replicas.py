@@ -39,6 +39,7 @@ def test_three_replicas_poll_once_per_interval_and_send_once(tmp_path, http_serv
     for source in SOURCES:
         http_server.route(f"/{source}", growing_feed(source, started))
     monkeypatch.setenv("SW_TEST_SMTP_PASSWORD", smtp_server.password)
+    monkeypatch.setenv("SCHOOLWATCH_MIN_INTERVAL", "1")
     config = write_config(
         tmp_path,
         [{"id": s, "school": "harrowgate", "connector": "rss", "interval": INTERVAL,
@@ -48,7 +49,7 @@ def test_three_replicas_poll_once_per_interval_and_send_once(tmp_path, http_serv
               "timeout": 5},
         extra='[scheduler]\njitter = 0\noutbox_interval = "5s"\nreplicas = true\nlease = "6s"\n'
               '[incidents]\nenabled = false\n')
-    env = {**os.environ, "SCHOOLWATCH_MIN_INTERVAL": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     daemons = [subprocess.Popen([sys.executable, "-m", "monitor", "--log-level", "warning", "run",
                                  "--config", str(config)], env=env, stderr=subprocess.PIPE, text=True)
                for _ in range(3)]
