@@ -1,6 +1,7 @@
 """Rendering alert emails with Jinja2: autoescaped HTML with inline CSS, and plain text."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -59,6 +60,15 @@ class AlertView:
     update_reason: str | None = None
     platforms: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # Fields shown on one line must stay on one line: a post must not forge the
+        # email's own "Incident:" or "What to do:" lines.
+        for name in ("school_name", "platform", "author", "title", "update_reason"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, one_line(value))
+        object.__setattr__(self, "url", _NOT_IN_URL.sub("", self.url or ""))
+
     @property
     def safe_url(self) -> str | None:
         """The post's link when it is plain http(s); anything else is shown as text only."""
@@ -87,6 +97,8 @@ class AlertView:
 
 def safe_url(url: str) -> str | None:
     """``url`` when it is plain http(s) with a host; anything else is shown as text only."""
+    if _NOT_IN_URL.search(url):
+        return None
     parts = urlsplit(url)
     return url if parts.scheme in ("http", "https") and parts.netloc else None
 
@@ -97,6 +109,20 @@ def local_time(moment: datetime, timezone: str) -> str:
         moment = moment.replace(tzinfo=UTC)  # the store keeps UTC without tzinfo
     local = moment.astimezone(ZoneInfo(timezone))
     return f"{local:%a} {local.day} {local:%b %Y, %H:%M %Z}"
+
+
+_NOT_IN_URL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+_BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def one_line(text: str) -> str:
+    """Text with line breaks, tabs and control characters folded into single spaces."""
+    return _BREAKS.sub(" ", text).strip()
+
+
+def quote(text: str) -> str:
+    """Text with every line prefixed '> ', so post lines cannot pass for the template's."""
+    return "\n".join(f"> {line}" if line else ">" for line in text.split("\n"))
 
 
 def subject_for(view: AlertView) -> str:
@@ -131,6 +157,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["nl2br"] = nl2br
+    env.filters["quote"] = quote
     return env
 
 

@@ -12,11 +12,19 @@ from requests.adapters import HTTPAdapter
 from requests.utils import parse_header_links, should_bypass_proxies
 
 from connectors.base import TransientError
-from connectors.http import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, USER_AGENT, HttpResponse
+from connectors.http import (
+    BODY_DEADLINE_FACTOR,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_TIMEOUT,
+    USER_AGENT,
+    BodyTooLarge,
+    BodyTooSlow,
+    HttpResponse,
+    read_capped,
+)
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 64 * 1024
 
 
 def utcnow() -> datetime:
@@ -131,20 +139,16 @@ class RebaseAdapter(HTTPAdapter):
         return response
 
     def _read_capped(self, response: requests.Response) -> None:
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+        try:
+            body = read_capped(response, self.max_bytes, BODY_DEADLINE_FACTOR * self.timeout)
+        except BodyTooLarge as exc:
             response.close()
-            raise ResponseTooLarge(f"response of {declared} bytes exceeds the "
-                                   f"{self.max_bytes}-byte cap")
-        chunks, size = [], 0
-        for chunk in response.iter_content(_CHUNK):
-            size += len(chunk)
-            if size > self.max_bytes:
-                response.close()
-                raise ResponseTooLarge(f"response exceeds the {self.max_bytes}-byte cap")
-            chunks.append(chunk)
+            raise ResponseTooLarge(str(exc)) from None
+        except BodyTooSlow as exc:
+            response.close()
+            raise requests.Timeout(str(exc)) from None
         # What requests itself does when stream=False: keep the body on the response.
-        response._content = b"".join(chunks)
+        response._content = body
         response._content_consumed = True
         response.close()
 

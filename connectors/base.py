@@ -1,17 +1,52 @@
 """The contract every connector implements, and the errors it signals with."""
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from datetime import datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+
+def _without_surrogates(value: Any) -> Any:
+    """Strings with lone surrogates replaced: databases and email cannot encode them."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8") if _SURROGATE.search(value) else value
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+
+_URL_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_URL_SPACES = re.compile(r"\s")
+
+
+def clean_url(url: str) -> str:
+    """A link as one clean line: controls removed, inner spaces encoded (the payload keeps the original)."""
+    return _URL_SPACES.sub("%20", _URL_CONTROLS.sub("", url).strip())
 
 class Mention(BaseModel):
     """One public post, article or comment as a connector found it."""
 
     model_config = ConfigDict(frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _clean_strings(cls, data: Any) -> Any:
+        # A JSON API can send "\ud800": one such post must not block its whole source.
+        if not isinstance(data, dict):
+            return data
+        data = _without_surrogates(data)
+        if isinstance(data.get("url"), str):
+            data["url"] = clean_url(data["url"])
+        return data
 
     platform: str
     external_id: str

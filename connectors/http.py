@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -84,26 +85,51 @@ class HttpClient:
         return self.request("GET", url, **kwargs)
 
     def _read_capped(self, response: requests.Response) -> bytes:
-        declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            raise TransientError(
-                f"response of {int(declared)} bytes exceeds the {self.max_bytes}-byte cap: "
-                f"{_safe_url(response.url)}"
-            )
-        chunks, size = [], 0
-        # iter_content decompresses, so the cap also stops gzip bombs.
-        for chunk in response.iter_content(_CHUNK):
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise TransientError(
-                    f"response exceeds the {self.max_bytes}-byte cap: {_safe_url(response.url)}"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            return read_capped(response, self.max_bytes, BODY_DEADLINE_FACTOR * self.timeout)
+        except BodyTooLarge as exc:
+            raise TransientError(f"{exc}: {_safe_url(response.url)}") from None
+        except BodyTooSlow:
+            raise TransientError(f"timed out after {self.timeout:g}s (body still arriving): "
+                                 f"{_safe_url(response.url)}") from None
 
     def close(self) -> None:
         """Close pooled connections."""
         self.session.close()
+
+
+class BodyTooLarge(Exception):
+    """The body went over the size cap (after decompression)."""
+
+
+class BodyTooSlow(Exception):
+    """The body did not arrive within its deadline."""
+
+
+# A body must arrive within this many times the socket timeout: requests' timeout bounds
+# each read, so a server trickling a byte at a time could otherwise hold a worker for ever.
+BODY_DEADLINE_FACTOR = 3
+
+
+def read_capped(response: requests.Response, max_bytes: int, deadline_seconds: float) -> bytes:
+    """Read a streamed body: at most ``max_bytes`` decompressed, within ``deadline_seconds``."""
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise BodyTooLarge(f"response of {int(declared)} bytes exceeds the {max_bytes}-byte cap")
+    deadline = time.monotonic() + deadline_seconds
+    chunks, size = [], 0
+    raw = response.raw
+    while True:
+        if time.monotonic() > deadline:
+            raise BodyTooSlow(f"body not received within {deadline_seconds:g}s")
+        # read1 returns after one socket read; decoding here makes the cap stop gzip bombs.
+        chunk = raw.read1(_CHUNK, decode_content=True)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge(f"response exceeds the {max_bytes}-byte cap")
+        chunks.append(chunk)
 
 
 def raise_for_status(response: HttpResponse) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,13 +101,32 @@ class RssConnector(Connector):
         self.http.close()
 
 
+# Numeric references to code points no document may carry (surrogates, NUL, beyond
+# U+10FFFF) make feedparser itself raise; they become U+FFFD before it sees them.
+_NUMERIC_REFERENCE = re.compile(rb"&#([xX][0-9a-fA-F]{1,16}|[0-9]{1,16});")
+
+
+def _safe_reference(match: re.Match[bytes]) -> bytes:
+    digits = match.group(1)
+    code = int(digits[1:], 16) if digits[:1] in (b"x", b"X") else int(digits)
+    if code == 0 or 0xD800 <= code <= 0xDFFF or code > 0x10FFFF:
+        return b"&#xFFFD;"
+    return match.group(0)
+
+
 def parse_feed(body: bytes, source: str) -> list[Mention]:
-    """Mentions from a feed document; a document feedparser cannot read is an error."""
-    parsed = feedparser.parse(body)
+    """Mentions from a feed document; a document that is not a readable feed is an error."""
+    try:
+        parsed = feedparser.parse(_NUMERIC_REFERENCE.sub(_safe_reference, body))
+    except Exception as exc:  # feedparser has no documented exceptions; none may escape
+        raise TransientError(f"unreadable feed from {source}: {type(exc).__name__}") from None
     if parsed.bozo and not parsed.entries:
         reason = getattr(parsed.get("bozo_exception"), "getMessage", None)
         detail = reason() if reason else str(parsed.get("bozo_exception"))
         raise TransientError(f"malformed feed from {source}: {detail[:200]}")
+    if not parsed.entries and not parsed.get("version"):
+        # A login or consent page is well-formed HTML, not an empty feed: say so.
+        raise TransientError(f"not an RSS or Atom feed: {source} (a web page? check the URL)")
     fetched_at = datetime.now(UTC)
     mentions = []
     for entry in parsed.entries:

@@ -10,8 +10,9 @@ from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 _SPACE = re.compile(r"[ \t\r\f\v]+")
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 _BLOCK_TAGS = ("p", "br", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "blockquote")
-# Control characters other than newline and tab say nothing and break terminals and mail.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters other than newline and tab (C0 and C1, which include terminal
+# escapes) say nothing and break terminals and mail.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def html_to_text(markup: str | None) -> str:

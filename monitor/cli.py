@@ -246,6 +246,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.once:
         return run_forever(runner)
     try:
+        runner.release_stale_leases()
         results = [runner.poll(s.id, force=True) for s in settings.sources if s.enabled]
         delivered = runner.deliver_outbox()
         while delivered.sent and _due_messages(runner):

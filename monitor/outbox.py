@@ -113,7 +113,8 @@ class DeliveryReport:
 
 def deliver_due(engine: Engine, channel_for: Callable[[str], Channel],
                 now: Callable[[], datetime] = utcnow, limit: int = 100,
-                lease: timedelta = LEASE) -> DeliveryReport:
+                lease: timedelta = LEASE,
+                on_permanent: Callable[[OutboxMessage, str], None] | None = None) -> DeliveryReport:
     """Send every due message once; failures are rescheduled with backoff, never dropped."""
     report = DeliveryReport()
     with Session(engine) as session:
@@ -124,15 +125,24 @@ def deliver_due(engine: Engine, channel_for: Callable[[str], Channel],
             .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
             .limit(limit)
         ).all()
+    unreachable: set[str] = set()
     for row_id in due:
         row = _claim(engine, row_id, now(), lease)
         if row is None:
             continue  # another sender took it
+        if row.channel in unreachable:
+            _release(engine, row.id)  # the relay is down: try again next pass, not 100 times now
+            continue
         try:
             channel_for(row.channel).send(_outgoing(row))
         except DeliveryError as exc:
             _failed(engine, row, str(exc), exc.permanent, now())
             report.failed += 1
+            if exc.permanent:
+                if on_permanent is not None:
+                    on_permanent(row, str(exc))
+            else:
+                unreachable.add(row.channel)
         except Exception as exc:  # a channel bug must not lose the message
             log.exception("channel %s crashed sending outbox message %s", row.channel, row.id)
             _failed(engine, row, f"{type(exc).__name__}: {exc}", False, now())
@@ -158,6 +168,13 @@ def _claim(engine: Engine, row_id: int, at: datetime, lease: timedelta) -> Outbo
         row = session.get(OutboxMessage, row_id)
         session.expunge(row)
         return row
+
+
+def _release(engine: Engine, row_id: int) -> None:
+    with Session(engine) as session:
+        session.exec(update(OutboxMessage).where(OutboxMessage.id == row_id)
+                     .values(leased_until=None))
+        session.commit()
 
 
 def _sent(engine: Engine, row_id: int, at: datetime) -> None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, tuple_
+from sqlalchemy import Engine, tuple_, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlmodel import Session, select
 
 from alerts.base import Channel
@@ -43,6 +44,7 @@ from monitor.retention import purge
 from monitor.store import (
     AssessmentRow,
     MentionRow,
+    OutboxMessage,
     SeenKey,
     SourceState,
     as_utc,
@@ -172,8 +174,8 @@ class Runner:
         try:
             result = self._poll(source)
         except Exception as exc:  # the last line of defence for a scheduler thread
-            log.exception("source %s: unexpected error", source_id)
-            result = self._record_failure(source, f"unexpected {type(exc).__name__}: {exc}")
+            log.debug("source %s: unexpected error", source_id, exc_info=True)
+            result = self._record_failure(source, f"unexpected {describe_error(exc)}")
         finally:
             if scheduler.replicas:
                 release(self.engine, source_id)
@@ -204,8 +206,10 @@ class Runner:
         try:
             return self.process(source, batch)
         except Exception as exc:
-            log.exception("source %s: processing failed; cursor not advanced", source.id)
-            return self._record_failure(source, f"processing failed: {type(exc).__name__}: {exc}")
+            # The traceback only at DEBUG: a database error's text can quote the post.
+            log.debug("source %s: processing failed", source.id, exc_info=True)
+            return self._record_failure(source, f"processing failed, cursor not advanced: "
+                                                f"{describe_error(exc)}")
 
     def process(self, source: SourceSettings, batch: Batch) -> PollResult:
         """Store a fetched batch: mentions, verdicts, incidents, alerts and cursor, atomically."""
@@ -361,29 +365,34 @@ class Runner:
 
     def _record_failure(self, source: SourceSettings, error: str) -> PollResult:
         now = self.clock()
-        with Session(self.engine) as session:
-            state = session.get(SourceState, source.id) or SourceState(source_id=source.id)
-            state.consecutive_failures += 1
-            state.last_poll_at = state.last_error_at = now
-            state.last_error = error[:2000]
-            # Back off on repeated failures, up to an hour beyond the normal interval.
-            backoff = min(timedelta(seconds=60 * 2 ** (state.consecutive_failures - 1)),
-                          MAX_FAILURE_BACKOFF)
-            state.not_before = now + backoff if state.consecutive_failures > 1 else None
-            failures = state.consecutive_failures
-            threshold = self.settings.scheduler.failures_before_alert
-            if failures >= threshold and not state.failure_notified:
-                state.failure_notified = True
-                queue_admin_notice(session, self.settings, f"failing:{source.id}:{now:%Y%m%d%H%M%S}",
-                                   f"source {source.id} is failing",
-                                   [f"Source {source.id} ({source.connector}) has failed "
-                                    f"{failures} polls in a row.", f"Last error: {error}",
-                                    "Mentions from this source are not being checked until it "
-                                    "recovers. Run: schoolwatch sources test " + source.id],
-                                   now=now)
-            session.add(state)
-            session.commit()
-        log.warning("source %s failed (%d in a row): %s", source.id, failures, error)
+        failures, backoff, unrecorded = 0, timedelta(0), ""
+        try:
+            with Session(self.engine) as session:
+                state = session.get(SourceState, source.id) or SourceState(source_id=source.id)
+                state.consecutive_failures += 1
+                state.last_poll_at = state.last_error_at = now
+                state.last_error = error[:2000]
+                # Back off on repeated failures, up to an hour beyond the normal interval.
+                backoff = min(timedelta(seconds=60 * 2 ** (state.consecutive_failures - 1)),
+                              MAX_FAILURE_BACKOFF)
+                state.not_before = now + backoff if state.consecutive_failures > 1 else None
+                failures = state.consecutive_failures
+                threshold = self.settings.scheduler.failures_before_alert
+                if failures >= threshold and not state.failure_notified:
+                    state.failure_notified = True
+                    queue_admin_notice(
+                        session, self.settings, f"failing:{source.id}:{now:%Y%m%d%H%M%S}",
+                        f"source {source.id} is failing",
+                        [f"Source {source.id} ({source.connector}) has failed {failures} polls "
+                         f"in a row.", f"Last error: {error}",
+                         "Mentions from this source are not being checked until it recovers. "
+                         "Run: schoolwatch sources test " + source.id], now=now)
+                session.add(state)
+                session.commit()
+        except Exception as exc:  # the store itself is failing: say so in the same line
+            unrecorded = f" (health not recorded: {describe_error(exc)})"
+        log.warning("source %s failed (%s in a row): %s%s", source.id, failures or "?", error,
+                    unrecorded)
         return PollResult(source.id, "failed", error=error,
                           retry_at=now + backoff if failures > 1 else None)
 
@@ -427,11 +436,52 @@ class Runner:
 
     # --- delivery ------------------------------------------------------------------
 
+    def release_stale_leases(self) -> int:
+        """At start of a single daemon, take back outbox leases a killed run left behind."""
+        if self.settings.scheduler.replicas:
+            return 0  # other replicas may hold them: their leases expire instead
+        with Session(self.engine) as session:
+            count = session.exec(update(OutboxMessage).where(
+                OutboxMessage.status == "pending", OutboxMessage.leased_until.is_not(None))
+                .values(leased_until=None)).rowcount
+            session.commit()
+        if count:
+            log.info("%d outbox messages were mid-send when the last run stopped; retrying them",
+                     count)
+        return count
+
+    def _refused(self, row: OutboxMessage, error: str) -> None:
+        """Tell the admin, once a day per address, that a relay refuses a recipient."""
+        if row.kind == "admin":
+            return
+        now = self.clock()
+        try:
+            self._queue_refusal(row, error, now)
+        except Exception as exc:  # reporting must not stop the outbox pass
+            log.warning("could not queue the admin notice about %s: %s", row.recipient,
+                        describe_error(exc))
+
+    def _queue_refusal(self, row: OutboxMessage, error: str, now: datetime) -> None:
+        with Session(self.engine) as session:
+            queue_admin_notice(
+                session, self.settings, f"refused:{row.recipient.lower()}:{now:%Y%m%d}",
+                f"mail to {row.recipient} is refused",
+                [f"The mail relay permanently refuses {row.recipient} ({row.role or 'no role'}"
+                 f"{', ' + row.school_id if row.school_id else ''}): {error}",
+                 f"{row.kind.capitalize()} messages to this address are kept and retried every "
+                 "few hours, but nobody is receiving them. Fix the address in the config or "
+                 "the mailbox."], now=now)
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()  # already reported today
+
     def deliver_outbox(self) -> DeliveryReport:
         """Send due messages; never raises."""
         try:
             report = deliver_due(self.engine, self.channel, now=self.clock,
-                                 lease=timedelta(seconds=self.settings.scheduler.lease))
+                                 lease=timedelta(seconds=self.settings.scheduler.lease),
+                                 on_permanent=self._refused)
         except Exception:
             log.exception("outbox pass failed; messages stay queued")
             report = DeliveryReport()
@@ -468,6 +518,15 @@ class Runner:
                 plugin.close()
             except Exception:
                 log.exception("error closing %s", type(plugin).__name__)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, post-free description: a database error's message quotes its SQL parameters."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"database error: {exc.orig}"
+    if isinstance(exc, SQLAlchemyError):
+        return f"database error: {type(exc).__name__}"
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 def _unique(mentions: Sequence[Mention]) -> list[Mention]:

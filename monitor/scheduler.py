@@ -94,6 +94,7 @@ def run_forever(runner: Runner) -> int:
         stop.set()
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    runner.release_stale_leases()
     scheduler = build_scheduler(runner)
     health = None
     if runner.settings.health.address:

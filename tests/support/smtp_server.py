@@ -59,7 +59,8 @@ class SmtpServer:
         ok = (isinstance(auth_data, LoginPassword)
               and auth_data.login.decode() == self.username
               and auth_data.password.decode() == self.password)
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd then answers 535 itself instead of leaving the client waiting.
+        return AuthResult(success=ok, handled=False)
 
     def start(self) -> SmtpServer:
         """Listen on ``self.port`` (the same port again after ``stop``)."""
