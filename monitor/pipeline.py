@@ -5,7 +5,9 @@ import hashlib
 import json
 import logging
 import os
+import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -87,7 +89,7 @@ class Runner:
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.engine = engine or make_engine(settings.store.url)
-        init_db(self.engine)
+        _init_db_racing_replicas(self.engine)
         self.clock = clock
         # Near-duplicate index of recent stories, rebuilt from the store at start.
         self.story_index = StoryIndex.rebuild(
@@ -518,6 +520,19 @@ class Runner:
                 plugin.close()
             except Exception:
                 log.exception("error closing %s", type(plugin).__name__)
+
+
+def _init_db_racing_replicas(engine: Engine, attempts: int = 5) -> None:
+    """Create or upgrade the schema; daemons starting together race to do it, so retry."""
+    for attempt in range(1, attempts + 1):
+        try:
+            init_db(engine)
+            return
+        except SQLAlchemyError as exc:
+            if attempt == attempts:
+                raise
+            log.info("schema setup raced another daemon (%s); retrying", describe_error(exc))
+            time.sleep(random.uniform(0.2, 1.0) * attempt)
 
 
 def describe_error(exc: BaseException) -> str:
