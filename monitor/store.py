@@ -210,12 +210,18 @@ _APPEND_ONLY_POSTGRES = (
 
 
 def init_db(engine: Engine) -> None:
-    """Create any missing tables, and make the audit log append-only in the database."""
-    SQLModel.metadata.create_all(engine)
+    """Create any missing tables and indexes and the audit-log triggers, all or nothing."""
     statements = {"sqlite": _APPEND_ONLY_SQLITE, "postgresql": _APPEND_ONLY_POSTGRES}
-    with engine.begin() as connection:
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            # pysqlite runs DDL outside any transaction unless told otherwise: a daemon
+            # killed mid-way would leave a table without its index for good. IMMEDIATE
+            # also makes daemons starting together take turns.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        SQLModel.metadata.create_all(connection)
         for statement in statements.get(engine.dialect.name, ()):
             connection.exec_driver_sql(statement)
+        connection.commit()
 
 
 def audit(session: Session, actor: str, action: str, object_type: str | None = None,
