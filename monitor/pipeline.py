@@ -5,9 +5,7 @@ import hashlib
 import json
 import logging
 import os
-import random
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -89,13 +87,9 @@ class Runner:
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.engine = engine or make_engine(settings.store.url)
-        _init_db_racing_replicas(self.engine)
+        init_db(self.engine)
         self.clock = clock
-        # Near-duplicate index of recent stories, rebuilt from the store at start.
-        self.story_index = StoryIndex.rebuild(
-            self.engine, settings.incidents, clock=clock,
-            school_names={s.id: [s.name, *s.aliases, *s.handles] for s in settings.schools},
-        ) if settings.incidents.enabled else None
+        self._story_index: StoryIndex | None = None
         self._classifier = classifier
         self._connectors: dict[str, Connector] = {}
         self._channels: dict[str, Channel] = {}
@@ -118,6 +112,21 @@ class Runner:
                                            self.settings.base_dir)
                 self._classifier = plugin(options)
             return self._classifier
+
+    @property
+    def story_index(self) -> StoryIndex | None:
+        """The near-duplicate index of recent stories, rebuilt from the store on first use."""
+        if not self.settings.incidents.enabled:
+            return None
+        with self._lock:
+            if self._story_index is None:
+                # Built lazily: commands that never store a mention should not pay for it.
+                self._story_index = StoryIndex.rebuild(
+                    self.engine, self.settings.incidents, clock=self.clock,
+                    school_names={s.id: [s.name, *s.aliases, *s.handles]
+                                  for s in self.settings.schools},
+                )
+            return self._story_index
 
     def connector(self, source: SourceSettings) -> Connector:
         """The source's connector, built once."""
@@ -223,6 +232,8 @@ class Runner:
         result.relevant = len(relevant)
         assessments = self._classify_unless_suppressed(source, relevant)
         relevant_ids = {id(m) for m in relevant}
+        # Rebuild before the write transaction opens, so the rebuild never holds the lock.
+        story_index = self.story_index if relevant else None
         with Session(self.engine) as session:
             for mention in fresh:
                 session.add(SeenKey(platform=mention.platform, external_id=mention.external_id,
@@ -230,7 +241,7 @@ class Runner:
             # Oldest first, so a repost is processed after the post it repeats.
             for mention, assessment in sorted(zip(relevant, assessments, strict=True),
                                               key=lambda pair: pair[0].published_at):
-                self._store_mention(session, source, mention, assessment, result)
+                self._store_mention(session, source, mention, assessment, story_index, result)
             state = session.get(SourceState, source.id) or SourceState(source_id=source.id)
             self._advance(state, batch)
             session.add(state)
@@ -246,7 +257,8 @@ class Runner:
         return result
 
     def _store_mention(self, session: Session, source: SourceSettings, mention: Mention,
-                       assessment: Assessment, result: PollResult) -> None:
+                       assessment: Assessment, story_index: StoryIndex | None,
+                       result: PollResult) -> None:
         row = MentionRow(
             platform=mention.platform, external_id=mention.external_id, source_id=source.id,
             school_id=source.school, url=mention.url, canonical_url=canonical_url(mention.url),
@@ -268,7 +280,7 @@ class Runner:
         session.add(verdict)
         if assessment.flagged:
             result.flagged += 1
-        change = attach(session, row, assessment, self.story_index,
+        change = attach(session, row, assessment, story_index,
                         refs=story_refs(mention.platform, mention.raw), now=self.clock())
         if assessment.flagged or row.incident_id is not None:
             # The evidence record is hashed now, in the same transaction as the mention.
@@ -520,19 +532,6 @@ class Runner:
                 plugin.close()
             except Exception:
                 log.exception("error closing %s", type(plugin).__name__)
-
-
-def _init_db_racing_replicas(engine: Engine, attempts: int = 5) -> None:
-    """Create or upgrade the schema; daemons starting together race to do it, so retry."""
-    for attempt in range(1, attempts + 1):
-        try:
-            init_db(engine)
-            return
-        except SQLAlchemyError as exc:
-            if attempt == attempts:
-                raise
-            log.info("schema setup raced another daemon (%s); retrying", describe_error(exc))
-            time.sleep(random.uniform(0.2, 1.0) * attempt)
 
 
 def describe_error(exc: BaseException) -> str:

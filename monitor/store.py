@@ -209,6 +209,10 @@ _APPEND_ONLY_POSTGRES = (
 )
 
 
+# Any constant both replicas agree on: it names the schema-setup lock.
+_SCHEMA_LOCK = 0x5C4001
+
+
 def init_db(engine: Engine) -> None:
     """Create any missing tables and indexes and the audit-log triggers, all or nothing."""
     statements = {"sqlite": _APPEND_ONLY_SQLITE, "postgresql": _APPEND_ONLY_POSTGRES}
@@ -218,6 +222,9 @@ def init_db(engine: Engine) -> None:
             # killed mid-way would leave a table without its index for good. IMMEDIATE
             # also makes daemons starting together take turns.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif engine.dialect.name == "postgresql":
+            # Daemons starting together take turns here too, until this transaction ends.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
         SQLModel.metadata.create_all(connection)
         for statement in statements.get(engine.dialect.name, ()):
             connection.exec_driver_sql(statement)

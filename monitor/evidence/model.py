@@ -7,7 +7,7 @@ from sqlalchemy import Column, Engine, ForeignKey, Integer, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
 from monitor import retention
-from monitor.store import utcnow
+from monitor.store import init_db, utcnow
 
 RECORD, HTML, SCREENSHOT = "record", "html", "screenshot"
 KINDS = (RECORD, HTML, SCREENSHOT)
@@ -42,5 +42,5 @@ if EvidenceItem not in retention.MENTION_CHILDREN:
 
 
 def ensure_tables(engine: Engine) -> None:
-    """Create the evidence table if it is missing."""
-    SQLModel.metadata.create_all(engine, tables=[EvidenceItem.__table__])
+    """Create the schema, evidence table included (the one mechanism: store.init_db)."""
+    init_db(engine)

@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from monitor import __version__
 from monitor.evidence.canonical import canonical_json, sha256_hex, stamp
 from monitor.evidence.chromium import ChromiumError, find_chromium, missing_reason, print_pdf
-from monitor.evidence.model import RECORD, EvidenceItem, ensure_tables
+from monitor.evidence.model import RECORD, EvidenceItem
 from monitor.evidence.report import ItemView, MentionView, ReportView, render_report
 from monitor.evidence.settings import EvidenceSettings
 from monitor.store import (
@@ -74,7 +74,6 @@ def export_pack(engine: Engine, incident_id: int, out_path: str | Path, actor: s
     actor, settings = actor.strip(), settings or EvidenceSettings()
     out_path = Path(out_path)
     exported_at = as_utc(now) or utcnow()
-    ensure_tables(engine)
     loaded = _load(engine, incident_id)
     entries, views, notes = _item_entries(loaded)
     report = render_report(ReportView(

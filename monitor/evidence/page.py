@@ -14,7 +14,7 @@ from connectors.base import ConnectorError
 from connectors.http import HttpClient
 from monitor.evidence.canonical import sha256_hex
 from monitor.evidence.chromium import ChromiumError, find_chromium, missing_reason, screenshot
-from monitor.evidence.model import HTML, SCREENSHOT, EvidenceItem, ensure_tables
+from monitor.evidence.model import HTML, SCREENSHOT, EvidenceItem
 from monitor.evidence.settings import EvidenceSettings
 from monitor.store import MentionRow, utcnow
 
@@ -56,7 +56,6 @@ def _refusal(url: str, settings: EvidenceSettings) -> str | None:
 
 def _capture(engine: Engine, mention_id: int, settings: EvidenceSettings,
              client: HttpClient | None) -> list[EvidenceItem]:
-    ensure_tables(engine)
     with Session(engine) as session:
         mention = session.get(MentionRow, mention_id)
         if mention is None:
