@@ -1,12 +1,13 @@
 # Two commands on a fresh machine:
 #   make demo   set up .venv and run every bundled demo feed once; alert emails land in demo-run/outbox/
 #   make test   set up .venv and run the test suite
+# make test-postgres runs the suite again on the PostgreSQL server $SCHOOLWATCH_TEST_DB names.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-postgres install clean
 
 install: $(STAMP)
 
@@ -24,6 +25,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Each test creates, then drops, its own database on this server (.ci/run starts a throwaway one).
+SCHOOLWATCH_TEST_DB ?= postgresql+psycopg://postgres@127.0.0.1:5433/postgres
+test-postgres: $(STAMP)
+	SCHOOLWATCH_TEST_DB='$(SCHOOLWATCH_TEST_DB)' $(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache

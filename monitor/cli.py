@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Alembic narrates every plugin it sets up at INFO; the migration's own line is enough.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.root.level))
     # The packaged model is all we need; never stall on the network looking for a hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -164,6 +166,15 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     _config_option(purge)
     purge.set_defaults(handler=_cmd_purge)
+
+    db = commands.add_parser("db", help="the database schema (migrations run at every start too)")
+    db_commands = db.add_subparsers(title="db commands", metavar="ACTION")
+    db_upgrade = db_commands.add_parser("upgrade", help="migrate the store to this version's schema")
+    _config_option(db_upgrade)
+    db_upgrade.set_defaults(handler=_cmd_db_upgrade)
+    db_current = db_commands.add_parser("current", help="the store's schema revision and the newest")
+    _config_option(db_current)
+    db_current.set_defaults(handler=_cmd_db_current)
 
     privacy = commands.add_parser("privacy", help="data-subject requests")
     privacy_commands = privacy.add_subparsers(title="privacy commands", metavar="ACTION")
@@ -582,6 +593,24 @@ def _cmd_purge(args: argparse.Namespace) -> int:
                                    if v and k != "incidents_on_hold_kept") or "nothing"))
     print(f"incidents under legal hold kept: {counts['incidents_on_hold_kept']}")
     return 0
+
+
+def _cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from monitor import migrations
+
+    url = _settings(args).store.url
+    before = migrations.current(url)
+    after = migrations.upgrade(url)
+    print(f"schema: {before or 'none'} -> {after}" if before != after else f"schema: {after}, up to date")
+    return 0
+
+
+def _cmd_db_current(args: argparse.Namespace) -> int:
+    from monitor import migrations
+
+    revision, newest = migrations.current(_settings(args).store.url), migrations.head()
+    print(f"schema: {revision or 'none'} (newest {newest})")
+    return 0 if revision == newest else 1
 
 
 def _cmd_privacy_export(args: argparse.Namespace) -> int:

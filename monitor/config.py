@@ -18,6 +18,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from classifiers.base import Category, Severity
 from monitor import registry
@@ -76,6 +78,19 @@ class StoreSettings(Strict):
     """Where the database lives."""
 
     url: str = DEFAULT_STORE_URL
+
+    @field_validator("url")
+    @classmethod
+    def _no_password_in_file(cls, url: str) -> str:
+        try:
+            password = make_url(url).password
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL: {exc}") from None
+        if password:
+            # libpq reads these itself; the file must not hold the secret.
+            raise ValueError("a password in the URL is a secret in the file: leave it out and "
+                             "set PGPASSWORD in the environment, or use ~/.pgpass")
+        return url
 
 
 class ClassifierSettings(Strict):

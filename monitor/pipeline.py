@@ -537,7 +537,9 @@ class Runner:
 def describe_error(exc: BaseException) -> str:
     """A short, post-free description: a database error's message quotes its SQL parameters."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return f"database error: {exc.orig}"
+        # psycopg adds LINE/DETAIL lines that can quote the row: the first line says enough.
+        first = str(exc.orig).strip().splitlines()
+        return f"database error: {first[0] if first else type(exc.orig).__name__}"
     if isinstance(exc, SQLAlchemyError):
         return f"database error: {type(exc).__name__}"
     return f"{type(exc).__name__}: {str(exc)[:300]}"

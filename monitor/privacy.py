@@ -32,11 +32,13 @@ def find_subject(session: Session, subject: str) -> SubjectItems:
     needle = fold(subject).lstrip("@").strip()
     if len(needle) < 3:
         raise ValueError("give at least 3 characters of a name or handle")
-    pattern = f"%{needle}%"
     # Case-insensitive in SQL, then confirmed in Python with the same folding as elsewhere.
+    # autoescape: a "_" or "%" in a handle is a character, not a LIKE wildcard matching others.
+    def pattern(column: Any) -> Any:
+        return func.lower(column).contains(needle, autoescape=True)
+
     candidates = session.exec(select(MentionRow).where(or_(
-        func.lower(MentionRow.author).like(pattern), func.lower(MentionRow.text).like(pattern),
-        func.lower(MentionRow.title).like(pattern)))).all()
+        pattern(MentionRow.author), pattern(MentionRow.text), pattern(MentionRow.title)))).all()
     found = SubjectItems()
     holds = set(session.exec(select(Incident.id).where(col(Incident.legal_hold).is_(True))).all())
     for mention in candidates:
@@ -45,9 +47,9 @@ def find_subject(session: Session, subject: str) -> SubjectItems:
             continue
         (found.held if mention.incident_id in holds else found.mentions).append(mention)
     found.messages = list(session.exec(select(OutboxMessage).where(
-        func.lower(OutboxMessage.body_text).like(pattern))).all())
+        pattern(OutboxMessage.body_text))).all())
     found.feedback = list(session.exec(select(FeedbackExample).where(
-        func.lower(FeedbackExample.text).like(pattern))).all())
+        pattern(FeedbackExample.text))).all())
     return found
 
 

@@ -1,6 +1,8 @@
 """The database: sqlmodel tables and the engine. SQLite by default, any SQLAlchemy URL."""
 from __future__ import annotations
 
+import sqlite3
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -177,58 +179,78 @@ class AuditEntry(SQLModel, table=True):
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys.
+
+    On PostgreSQL, writing transactions take turns, as they do on SQLite (see _one_writer).
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
+        if engine.dialect.name == "postgresql":
+            _one_writer(engine)
     return engine
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
-_APPEND_ONLY_SQLITE = (
-    "CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log "
-    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log "
-    "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
-)
-_APPEND_ONLY_POSTGRES = (
-    "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-    "$$ BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$",
-    "DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log",
-    "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
-    "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()",
-)
+def _wal(cursor: Any) -> None:
+    # Switching a new file to WAL needs it alone for a moment and SQLite returns "locked" at
+    # once instead of waiting, so a process starting next to another one retries for a while.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
-# Any constant both replicas agree on: it names the schema-setup lock.
-_SCHEMA_LOCK = 0x5C4001
+# Any fixed number: the key of the advisory lock a writing transaction holds until it ends.
+_WRITER_LOCK = "SELECT pg_advisory_xact_lock(5792001)"
+_HOLDS_WRITER_LOCK = "schoolwatch.writer_lock"
+_WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+def _one_writer(engine: Engine) -> None:
+    """Make a transaction's first write wait for the others to end, as SQLite's write lock does.
+
+    The pipeline reads, then writes on what it read (find the story's incident, else open
+    one); SQLite runs such transactions one at a time, PostgreSQL would interleave them.
+    """
+    @event.listens_for(engine, "before_cursor_execute")
+    def _lock(connection: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        if connection.info.get(_HOLDS_WRITER_LOCK) \
+                or not statement.lstrip()[:6].upper().startswith(_WRITES) \
+                or connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            return
+        cursor.execute(_WRITER_LOCK)
+        connection.info[_HOLDS_WRITER_LOCK] = True
+
+    def _released(connection: Any) -> None:
+        connection.info.pop(_HOLDS_WRITER_LOCK, None)
+
+    event.listen(engine, "commit", _released)
+    event.listen(engine, "rollback", _released)
+    event.listen(engine.pool, "checkin",
+                 lambda _dbapi, record: record.info.pop(_HOLDS_WRITER_LOCK, None))
 
 
 def init_db(engine: Engine) -> None:
-    """Create any missing tables and indexes and the audit-log triggers, all or nothing."""
-    statements = {"sqlite": _APPEND_ONLY_SQLITE, "postgresql": _APPEND_ONLY_POSTGRES}
-    with engine.connect() as connection:
-        if engine.dialect.name == "sqlite":
-            # pysqlite runs DDL outside any transaction unless told otherwise: a daemon
-            # killed mid-way would leave a table without its index for good. IMMEDIATE
-            # also makes daemons starting together take turns.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        elif engine.dialect.name == "postgresql":
-            # Daemons starting together take turns here too, until this transaction ends.
-            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
-        SQLModel.metadata.create_all(connection)
-        for statement in statements.get(engine.dialect.name, ()):
-            connection.exec_driver_sql(statement)
-        connection.commit()
+    """Migrate the database to the current schema; the audit log is append-only in it."""
+    # Imported here: Alembic costs a tenth of a second that commands without a database skip.
+    from monitor.migrations import upgrade_engine
+
+    upgrade_engine(engine)
 
 
 def audit(session: Session, actor: str, action: str, object_type: str | None = None,

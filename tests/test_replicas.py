@@ -16,7 +16,11 @@ from tests.support.configs import write_config
 from tests.support.http_server import Reply, Request
 
 INTERVAL = 3
+LEASE = 6
 RUN_SECONDS = 24
+# The longest a source may go unpolled: a dead replica's lease must run out first, then the
+# next tick comes. Counting polls instead would make the test depend on the machine's load.
+LONGEST_GAP = LEASE + 2 * INTERVAL
 SOURCES = ["alpha", "beta", "gamma"]
 TEMPLATE = ("<item><guid>{source}-{n}</guid><description>Harrowgate High lad {n} from {source} says "
             "hes bringing a knife in tomorrow to sort out group {source}{n}</description>"
@@ -47,7 +51,7 @@ def test_three_replicas_poll_once_per_interval_and_send_once(tmp_path, http_serv
         smtp={"host": "127.0.0.1", "port": smtp_server.port, "username": smtp_server.username,
               "password": {"env": "SW_TEST_SMTP_PASSWORD"}, "ca_file": smtp_server.ca_file(tmp_path),
               "timeout": 5},
-        extra='[scheduler]\njitter = 0\noutbox_interval = "5s"\nreplicas = true\nlease = "6s"\n'
+        extra=f'[scheduler]\njitter = 0\noutbox_interval = "5s"\nreplicas = true\nlease = "{LEASE}s"\n'
               '[incidents]\nenabled = false\n')
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     daemons = [subprocess.Popen([sys.executable, "-m", "monitor", "--log-level", "warning", "run",
@@ -57,23 +61,23 @@ def test_three_replicas_poll_once_per_interval_and_send_once(tmp_path, http_serv
         time.sleep(RUN_SECONDS / 3)
         daemons[0].kill()  # SIGKILL mid-run: the others carry on
         time.sleep(RUN_SECONDS * 2 / 3)
+        stopping = time.monotonic()
     finally:
         for daemon in daemons[1:]:
             daemon.send_signal(signal.SIGTERM)
         outputs = [d.communicate(timeout=60)[1] for d in daemons]
     assert [d.returncode for d in daemons[1:]] == [0, 0], outputs
 
-    # Polls: every source kept being polled after the kill, never twice within an interval.
+    # Polls: never twice within an interval, and never a longer silence than a dead replica's
+    # lease allows, from the first poll, across the kill, to the end.
     polls: dict[str, list[float]] = defaultdict(list)
     for request in http_server.requests:
         polls[request.path.strip("/")].append(request.received)
     for source in SOURCES:
         times = sorted(polls[source])
-        gaps = [b - a for a, b in zip(times, times[1:])]
-        assert min(gaps) >= INTERVAL * 0.5, (source, gaps)
-        assert len(times) >= RUN_SECONDS / INTERVAL - 3, (source, len(times))
-        # The kill came at RUN_SECONDS / 3: polls must go on well past it.
-        assert times[-1] - started > RUN_SECONDS / 3 + 2 * INTERVAL, "polling stopped after the kill"
+        gaps = [b - a for a, b in zip(times, [*times[1:], stopping])]
+        assert len(times) >= 3 and min(gaps[:-1]) >= INTERVAL * 0.5, (source, gaps)
+        assert max(gaps) <= LONGEST_GAP, (source, gaps)
 
     # Messages: every stored alert delivered, none twice (a SIGKILL between SMTP accepting and
     # the row being marked sent is the one documented way to send twice).

@@ -42,5 +42,5 @@ if EvidenceItem not in retention.MENTION_CHILDREN:
 
 
 def ensure_tables(engine: Engine) -> None:
-    """Create the schema, evidence table included (the one mechanism: store.init_db)."""
+    """Make sure the schema, the evidence table included, is migrated to the current revision."""
     init_db(engine)

@@ -111,6 +111,15 @@ def test_secret_written_in_the_file_is_refused(tmp_path, capsys):
     assert "hunter2" not in "\n".join(errors)
 
 
+def test_database_password_in_the_url_is_refused(tmp_path, capsys):
+    text = VALID.replace("[[schools]]", '[store]\nurl = "postgresql+psycopg://sw:hunter2@db/sw"\n\n'
+                         "[[schools]]", 1)
+    code, errors = check(tmp_path, text, capsys)
+    assert code == 2
+    assert errors[0].startswith("config error: store.url: a password in the URL is a secret")
+    assert "PGPASSWORD" in errors[0] and "hunter2" not in "\n".join(errors)
+
+
 def test_several_errors_are_all_reported(tmp_path, capsys):
     text = VALID.replace('interval = "15m"', 'interval = "2s"\nenabeld = true')
     code, errors = check(tmp_path, text, capsys)

@@ -56,9 +56,9 @@ def database_url(directory: Path, name: str = "schoolwatch") -> str:
 
 def rows(url: str, sql: str) -> list[sa.Row]:
     """What ``sql`` returns, on a connection of its own; nothing while the tables are missing."""
-    if url.startswith("sqlite") and not Path(make_url(url).database or "").exists():
-        return []
     sqlite = url.startswith("sqlite")
+    if sqlite and not Path(make_url(url).database or "").exists():
+        return []
     engine = sa.create_engine(url, poolclass=sa.NullPool,
                               connect_args={"timeout": 30} if sqlite else {})
     try:
