@@ -96,7 +96,8 @@ class StoreSettings(Strict):
 class ClassifierSettings(Strict):
     """Which classifier plugin runs, and its options."""
 
-    name: str = "rules"
+    # The transformer with the rules as a safety net: the rules alone miss most self-harm.
+    name: str = "ensemble"
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -1,4 +1,5 @@
-"""The daemon end to end: a real feed server, a real SMTP server with STARTTLS, a real SQLite file."""
+"""The daemon end to end: a real feed server, a real SMTP server with STARTTLS, a real SQLite file,
+the default classifier (the packaged transformer model and the rules)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -37,7 +38,8 @@ def config(tmp_path, feeds, smtp_server, monkeypatch):
     smtp = {"host": "127.0.0.1", "port": smtp_server.port, "security": "starttls",
             "username": smtp_server.username, "password": {"env": "SW_TEST_SMTP_PASSWORD"},
             "ca_file": smtp_server.ca_file(tmp_path), "timeout": 10}
-    return write_config(tmp_path, sources, smtp=smtp)
+    # The default classifier, the packaged model with the rules: the whole product as shipped.
+    return write_config(tmp_path, sources, smtp=smtp, classifier=None)
 
 
 def store(config):

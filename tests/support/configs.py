@@ -20,8 +20,12 @@ dsl = ["dsl@harrowgate.example.sch.uk", "deputy.dsl@harrowgate.example.sch.uk"]
 
 
 def write_config(directory: Path, sources: list[dict], smtp: dict | None = None,
-                 extra: str = "", admin: bool = True) -> Path:
-    """A config: the Harrowgate school, the given sources, SMTP or a file outbox, a fresh store."""
+                 extra: str = "", admin: bool = True, classifier: str | None = "rules") -> Path:
+    """A config: the Harrowgate school, the given sources, SMTP or a file outbox, a fresh store.
+
+    Most tests are about the pipeline around the classifier, so they name the rules: each
+    daemon subprocess is spared the model load. ``classifier=None`` keeps the default.
+    """
     lines = [f'[store]\nurl = "{database_url(directory)}"\n',
              '[email]\nsender = "Schoolwatch <alerts@harrowgate.example.sch.uk>"',
              f'outbox_dir = "{directory / "outbox"}"']
@@ -36,6 +40,8 @@ def write_config(directory: Path, sources: list[dict], smtp: dict | None = None,
         options = source.pop("options", {})
         lines += [f"{key} = {_toml(value)}" for key, value in source.items()]
         lines.append("options = {" + ", ".join(f"{k} = {_toml(v)}" for k, v in options.items()) + "}")
+    if classifier:
+        lines.append(f'[classifier]\nname = "{classifier}"')
     lines.append(extra)
     path = directory / "config.toml"
     path.write_text("\n".join(lines) + "\n")
