@@ -390,6 +390,20 @@ class StoryIndex:
                         gone += 1
             return gone
 
+    def forget_missing(self, engine: Engine) -> int:
+        """Drop entries whose mention the store no longer has in that incident (erased, purged)."""
+        with self._lock:
+            indexed = {key: entry.incident_id for school in self._schools.values()
+                       for key, entry in school.entries.items()}
+        keys, stored = sorted(indexed), set()
+        with engine.connect() as connection:
+            for start in range(0, len(keys), REBUILD_BATCH):
+                stored.update((mention_id, incident_id) for mention_id, incident_id in connection.execute(
+                    select(MentionRow.id, MentionRow.incident_id)
+                    .where(MentionRow.id.in_(keys[start:start + REBUILD_BATCH]))))
+        # Pairs, not ids: SQLite hands a deleted row's id to the next row inserted.
+        return self.forget_mentions(key for key in keys if (key, indexed[key]) not in stored)
+
     @classmethod
     def rebuild(cls, engine: Engine, settings: ClusteringSettings | None = None,
                 clock: Callable[[], datetime] = utcnow,

@@ -7,17 +7,19 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import or_
 from sqlmodel import Session, select
 
 from alerts.render import excerpt
 from classifiers.base import CATEGORY_PRIORITY, Assessment, Category, Severity
 from monitor.clustering import StagedStories, StoryIndex, staged, story_refs, story_text
-from monitor.store import Incident, MentionRow, utcnow
+from monitor.store import Incident, MentionRow, audit, utcnow
+from monitor.triage import OPEN, RESOLVED
 
 log = logging.getLogger(__name__)
 
 TITLE_CHARS = 160
+# Matches tried when the best one turns out to be gone from the store.
+MATCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,15 @@ class IncidentChange:
     created: bool
     # Why the incident became more serious, when it did ("severity medium -> high").
     escalation: str | None = None
+    # A flagged mention joined an incident staff had resolved: it is open again.
+    reopened: bool = False
+
+    @property
+    def update_reason(self) -> str | None:
+        """What the update email says changed, when the change is worth one."""
+        reasons = [*(["the story came back after it was resolved; reopened"]
+                     if self.reopened else []), *([self.escalation] if self.escalation else [])]
+        return "; ".join(reasons) or None
 
 
 def find_existing(session: Session, row: MentionRow) -> Incident | None:
@@ -37,16 +48,19 @@ def find_existing(session: Session, row: MentionRow) -> Incident | None:
         keys.append(MentionRow.canonical_url == row.canonical_url)
     if row.text_hash:
         keys.append(MentionRow.text_hash == row.text_hash)
-    if not keys:
-        return None
-    match = session.exec(
-        select(MentionRow.incident_id)
-        .where(MentionRow.school_id == row.school_id, MentionRow.incident_id.is_not(None),
-               MentionRow.id != row.id, or_(*keys))
-        .order_by(MentionRow.id)
-        .limit(1)
-    ).first()
-    return session.get(Incident, match) if match is not None else None
+    # One query per key: with "url OR hash" SQLite can use neither (school, key) index and
+    # reads every mention of the school, so each lookup grew with the store.
+    for key in keys:
+        match = session.exec(
+            select(MentionRow.incident_id)
+            .where(MentionRow.school_id == row.school_id, key,
+                   MentionRow.incident_id.is_not(None), MentionRow.id != row.id)
+            .order_by(MentionRow.id)
+            .limit(1)
+        ).first()
+        if match is not None:
+            return session.get(Incident, match)
+    return None
 
 
 def find_referenced(session: Session, row: MentionRow, refs: Sequence[str]) -> Incident | None:
@@ -85,17 +99,26 @@ def attach(session: Session, row: MentionRow, assessment: Assessment,
 
 def find_similar(session: Session, row: MentionRow, stage: StagedStories) -> Incident | None:
     """The incident whose story ``row`` retells in other words, checked against the store."""
-    match = stage.match(row.school_id, story_text(row.title, row.text))
-    if match is None:
-        return None
-    incident = session.get(Incident, match.incident_id)
-    if incident is None or incident.school_id != row.school_id:
-        # Deleted since it was indexed: the index must not keep pointing at it.
-        stage.index.forget_incident(match.incident_id)
-        return None
-    log.debug("mention %s joins incident %s as a near-duplicate of mention %s (score %.0f)",
-              row.id, incident.id, match.mention_id, match.score)
-    return incident
+    text = story_text(row.title, row.text)
+    for _ in range(MATCH_ATTEMPTS):
+        match = stage.match(row.school_id, text)
+        if match is None:
+            return None
+        incident = session.get(Incident, match.incident_id)
+        if incident is None or incident.school_id != row.school_id:
+            # Deleted since it was indexed: the index must not keep pointing at it.
+            stage.index.forget_incident(match.incident_id)
+            continue
+        indexed = session.get(MentionRow, match.mention_id)
+        if indexed is None or indexed is row or indexed.incident_id != match.incident_id:
+            # Erased or purged by another process (SQLite may even have given its id to a new
+            # row): an erased post must not steer clustering.
+            stage.index.forget_mentions([match.mention_id])
+            continue
+        log.debug("mention %s joins incident %s as a near-duplicate of mention %s (score %.0f)",
+                  row.id, incident.id, match.mention_id, match.score)
+        return incident
+    return None
 
 
 def _join(session: Session, row: MentionRow, assessment: Assessment,
@@ -120,8 +143,15 @@ def _join(session: Session, row: MentionRow, assessment: Assessment,
     if row.platform not in incident.platforms:
         incident.platforms = [*incident.platforms, row.platform]
     escalation = _escalate(incident, assessment)
+    # A resolved story that flares up again needs someone; a false positive stays closed
+    # (its repeats are what staff already judged), though an escalation still alerts.
+    reopened = incident.status == RESOLVED and assessment.flagged
+    if reopened:
+        incident.status = OPEN
+        audit(session, "daemon", "incident.reopen", "incident", incident.id, at=now,
+              **{"from": RESOLVED, "to": OPEN, "note": f"new flagged mention #{row.id}"})
     session.add(incident)
-    return IncidentChange(incident, created=False, escalation=escalation)
+    return IncidentChange(incident, created=False, escalation=escalation, reopened=reopened)
 
 
 def _escalate(incident: Incident, assessment: Assessment) -> str | None:

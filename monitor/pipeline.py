@@ -294,10 +294,10 @@ class Runner:
             result.queued += queue_incident_alert(session, self.settings, change.incident, row,
                                                   assessment.reasons, now=now)
             result.flagged_subjects.append(f"#{change.incident.id} {change.incident.category}")
-        elif change.escalation:
+        elif change.update_reason:
             result.queued += queue_incident_alert(
                 session, self.settings, change.incident, row, assessment.reasons, kind="update",
-                update_reason=change.escalation, now=now)
+                update_reason=change.update_reason, now=now)
         elif change.incident.mention_count in self.settings.alerting.volume_steps \
                 and change.incident.status in ("open", "acknowledged"):
             result.queued += queue_incident_alert(
@@ -518,12 +518,25 @@ class Runner:
         except Exception:
             log.exception("escalation check failed; it runs again in a minute")
 
+    def forget_erased_stories(self) -> None:
+        """Keep the story index free of mentions erased or purged by another process; never raises."""
+        if self._story_index is None:
+            return
+        try:
+            gone = self._story_index.forget_missing(self.engine)
+        except Exception as exc:
+            log.warning("story index check failed (%s); it runs again later", describe_error(exc))
+            return
+        if gone:
+            log.info("story index: forgot %d mentions no longer in the store", gone)
+
     def purge(self) -> None:
         """The daily retention purge; never raises."""
         try:
             purge(self.engine, self.settings.retention, now=self.clock())
         except Exception:
             log.exception("retention purge failed; it runs again tomorrow")
+        self.forget_erased_stories()
 
     def close(self) -> None:
         """Close connectors and channels."""

@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 OUTBOX_JOB = "outbox"
 PURGE_JOB = "purge"
 ESCALATION_JOB = "escalation"
+FORGET_JOB = "forget-erased"
+# How soon text erased by `schoolwatch privacy erase` (another process) leaves the daemon's memory.
+FORGET_EVERY_MINUTES = 10
 WORKERS = 4
 
 
@@ -51,6 +54,8 @@ def build_scheduler(runner: Runner) -> BackgroundScheduler:
     )
     scheduler.add_job(runner.escalate, IntervalTrigger(minutes=1), id=ESCALATION_JOB,
                       name="escalate unacknowledged safeguarding incidents")
+    scheduler.add_job(runner.forget_erased_stories, IntervalTrigger(minutes=FORGET_EVERY_MINUTES),
+                      id=FORGET_JOB, name="forget erased or purged mentions in the story index")
     digest_times = {(r.cadence, r.at, r.day) for r in settings.routes if r.cadence != "immediate"}
     for cadence, at, day in sorted(digest_times):
         hour, minute = (int(part) for part in at.split(":"))

@@ -27,6 +27,7 @@ from monitor.clustering import (
 from monitor.config import load_config
 from monitor.dedupe import canonical_url, text_hash
 from monitor.pipeline import Runner
+from monitor.retention import delete_mentions
 from monitor.store import Incident, MentionRow, OutboxMessage, init_db, make_engine
 from tests.support.configs import write_config
 from tests.support.database import database_url
@@ -324,6 +325,42 @@ def test_index_forgets_incidents_the_store_no_longer_has(engine):
         session.commit()
         assert change.created and change.incident.id != 4242
     assert index.find("harrowgate", story_text(gazette.title, gazette.text)) == change.incident.id
+
+
+def test_an_erased_mention_no_longer_steers_clustering(engine):
+    index = StoryIndex()
+    gazette, courier = (_feed_mention(f"syndicated_{o}") for o in ("gazette", "courier"))
+    with Session(engine) as session:
+        first = store(session, row_for(gazette), FLAGGED, index)
+        session.commit()
+        erased_id = first.incident.id
+        [mention_id] = session.exec(select(MentionRow.id)).all()
+    # Another process (`schoolwatch privacy erase`) deletes the post; the daemon's index has it.
+    with Session(make_engine(str(engine.url))) as other:
+        delete_mentions(other, [mention_id])
+        other.commit()
+    assert len(index) == 1
+    with Session(engine) as session:
+        change = store(session, row_for(courier), FLAGGED, index)
+        session.commit()
+        assert change.created and change.incident.id != erased_id
+        assert index.find("harrowgate", story_text(gazette.title, gazette.text)) == change.incident.id
+
+
+def test_the_periodic_sweep_forgets_what_the_store_no_longer_has(engine):
+    index = StoryIndex()
+    gazette, northgate = (_feed_mention(f"syndicated_{o}") for o in ("gazette", "northgate"))
+    with Session(engine) as session:
+        store(session, row_for(gazette), FLAGGED, index)
+        store(session, row_for(northgate, school="kingsway"), FLAGGED, index)
+        session.commit()
+        ids = session.exec(select(MentionRow.id).order_by(MentionRow.id)).all()
+    with Session(engine) as session:
+        delete_mentions(session, ids[:1])
+        session.commit()
+    assert len(index) == 2
+    assert index.forget_missing(engine) == 1 and len(index) == 1
+    assert index.forget_missing(engine) == 0
 
 
 def test_unflagged_repeat_joins_but_never_opens(engine):

@@ -1,4 +1,5 @@
-"""Digests at their hour on a controlled clock; a severity escalation sends exactly one update."""
+"""Digests at their hour on a controlled clock; a severity escalation, or a resolved story coming
+back, sends exactly one update."""
 from __future__ import annotations
 
 import email
@@ -11,7 +12,8 @@ from classifiers.rules import RulesClassifier
 from monitor.config import load_config
 from monitor.pipeline import Runner
 from monitor.scheduler import build_scheduler
-from monitor.store import Incident, OutboxMessage
+from monitor import triage
+from monitor.store import AuditEntry, Incident, OutboxMessage
 from tests.support.configs import write_config
 from tests.support.http_server import Reply
 
@@ -108,3 +110,40 @@ def test_a_severity_escalation_sends_exactly_one_update(tmp_path, http_server):
     assert all("severity medium -> high" in u.body_text and u.headers["In-Reply-To"] for u in updates)
     with Session(runner.engine) as session:
         assert session.get(Incident, incident.id).severity == "high"
+
+
+def test_a_resolved_story_that_comes_back_is_reopened_with_one_update(tmp_path, http_server):
+    clock = [datetime(2026, 3, 2, 12, 0, tzinfo=UTC)]
+    runner = setup(tmp_path, http_server, feed(("r1", MILD)), clock)
+    runner.poll("forum")
+    [incident] = Session(runner.engine).exec(select(Incident)).all()
+    triage.apply(runner.engine, incident.id, "resolve", "Ms Khan (DSL)")
+    # A week later the same post is shared again under new ids, once in each of two polls.
+    clock[0] += timedelta(days=7)
+    http_server.route("/feed", Reply(body=feed(("r1", MILD), ("r2", MILD))))
+    runner.poll("forum")
+    http_server.route("/feed", Reply(body=feed(("r1", MILD), ("r2", MILD), ("r3", MILD))))
+    runner.poll("forum")
+    with Session(runner.engine) as session:
+        assert session.get(Incident, incident.id).status == "open"
+        reopens = session.exec(select(AuditEntry).where(AuditEntry.action == "incident.reopen")).all()
+    assert [(r.actor, r.detail["from"], r.detail["to"]) for r in reopens] == [
+        ("daemon", "resolved", "open")]
+    updates = outbox(runner, "update")
+    assert {u.recipient for u in updates} == {"dsl@harrowgate.example.sch.uk",
+                                              "deputy.dsl@harrowgate.example.sch.uk"}
+    assert len(updates) == 2 and all("came back after it was resolved" in u.body_text for u in updates)
+
+
+def test_repeats_of_a_false_positive_stay_quiet(tmp_path, http_server):
+    clock = [datetime(2026, 3, 2, 12, 0, tzinfo=UTC)]
+    runner = setup(tmp_path, http_server, feed(("f1", MILD)), clock)
+    runner.poll("forum")
+    [incident] = Session(runner.engine).exec(select(Incident)).all()
+    triage.apply(runner.engine, incident.id, "false-positive", "Ms Khan (DSL)")
+    http_server.route("/feed", Reply(body=feed(("f1", MILD), ("f2", MILD))))
+    runner.poll("forum")
+    with Session(runner.engine) as session:
+        stored = session.get(Incident, incident.id)
+    assert stored.status == "false_positive" and stored.mention_count == 2
+    assert outbox(runner, "update") == []

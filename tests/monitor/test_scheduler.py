@@ -9,7 +9,7 @@ import time
 
 from monitor.config import load_config
 from monitor.pipeline import Runner
-from monitor.scheduler import ESCALATION_JOB, OUTBOX_JOB, PURGE_JOB, build_scheduler
+from monitor.scheduler import ESCALATION_JOB, FORGET_JOB, OUTBOX_JOB, PURGE_JOB, build_scheduler
 from tests.support.configs import write_config
 from tests.support.http_server import Reply
 
@@ -27,7 +27,7 @@ def test_one_job_per_source_with_jitter_single_instance_and_coalescing(tmp_path,
     scheduler.start(paused=True)  # job defaults are applied when the scheduler starts
     jobs = {job.id: job for job in scheduler.get_jobs()}
     scheduler.shutdown(wait=False)
-    assert set(jobs) == {"source:s0", "source:s1", OUTBOX_JOB, PURGE_JOB, ESCALATION_JOB}
+    assert set(jobs) == {"source:s0", "source:s1", OUTBOX_JOB, PURGE_JOB, ESCALATION_JOB, FORGET_JOB}
     for job_id in ("source:s0", "source:s1"):
         job = jobs[job_id]
         assert job.max_instances == 1 and job.coalesce is True
