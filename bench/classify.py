@@ -5,14 +5,14 @@ Run: python bench/classify.py [--n 512] [--repeat 3] [--classifier ensemble]
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import load_line, peak_rss_mb, print_rows  # noqa: E402
 
 SAMPLES = [
     "Absolutely killed it at the {s} concert tonight, so proud of Year 7!",
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rates = best_rates({"full": full, "raw": raw, "fwd": forward_only}, len(texts), args.repeat)
     rate_full, rate_raw, rate_fwd = rates["full"], rates["raw"], rates["fwd"]
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
 
     rows = [
         ("classifier", args.classifier),
@@ -131,11 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         ("ratio vs tokenize + forward", f"{rate_full / rate_raw:.2f}  (target >= 0.9)"),
         ("ratio vs forward only", f"{rate_full / rate_fwd:.2f}"),
         ("peak RSS", f"{rss_mb:.0f} MB  (target <= 1024 MB)"),
-        ("load average (1 min)", f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"),
+        ("load average (1 min)", load_line()),
     ]
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+    print_rows(rows)
     return 0
 
 

@@ -15,7 +15,6 @@ import gc
 import itertools
 import os
 import random
-import resource
 import statistics
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import peak_rss_mb  # noqa: E402
 
 TOPIC = ["pupils", "parents", "teacher", "headteacher", "ofsted", "uniform", "exam", "bullying",
          "detention", "year", "trip", "complaint", "staff", "lesson", "gcse", "governors"]
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         rebuilt = StoryIndex.rebuild(engine, settings, school_names=names)
         rebuild_s = time.perf_counter() - started
         engine.dispose()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
 
     print(f"corpus: {len(posts)} mentions, {args.schools} schools, {len(corpus.families)} stories "
           f"(seed {args.seed}, generated in {gen_s:.1f}s); clustering total {cluster_s:.1f}s")
