@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, tuple_, update
+from sqlalchemy import Engine, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from alerts.base import Channel
 from classifiers.base import Assessment, Category, Classifier, ClassifierInput
@@ -341,15 +341,20 @@ class Runner:
         return assessments
 
     def _unseen(self, mentions: list[Mention]) -> list[Mention]:
-        keys = [(m.platform, m.external_id) for m in mentions]
+        ids_by_platform: dict[str, list[str]] = {}
+        for mention in mentions:
+            ids_by_platform.setdefault(mention.platform, []).append(mention.external_id)
         seen: set[tuple[str, str]] = set()
         with Session(self.engine) as session:
-            for start in range(0, len(keys), SEEN_QUERY_CHUNK):
-                chunk = keys[start:start + SEEN_QUERY_CHUNK]
-                seen.update(session.exec(
-                    select(SeenKey.platform, SeenKey.external_id)
-                    .where(tuple_(SeenKey.platform, SeenKey.external_id).in_(chunk))
-                ).all())
+            # "platform = ? AND id IN (...)" walks the unique index; SQLite answers the
+            # row-value form "(platform, id) IN (VALUES ...)" by reading every key ever seen.
+            for platform, ids in ids_by_platform.items():
+                for start in range(0, len(ids), SEEN_QUERY_CHUNK):
+                    seen.update(session.exec(
+                        select(SeenKey.platform, SeenKey.external_id)
+                        .where(SeenKey.platform == platform,
+                               col(SeenKey.external_id).in_(ids[start:start + SEEN_QUERY_CHUNK]))
+                    ).all())
         return [m for m in mentions if (m.platform, m.external_id) not in seen]
 
     def _advance(self, state: SourceState, batch: Batch) -> None:
