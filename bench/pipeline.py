@@ -48,20 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._common import load_line, peak_rss_mb, print_rows  # noqa: E402
+# The tests' school (Harrowgate, its aliases, exclusions and recipients) is the bench's too.
+from tests.support.configs import SCHOOL as SCHOOL_TOML  # noqa: E402
 
 SCHOOL_ID = "harrowgate"
-SCHOOL_TOML = """
-[[schools]]
-id = "harrowgate"
-name = "Harrowgate High School"
-aliases = ["Harrowgate High", "HHS"]
-handles = ["@HarrowgateHigh"]
-exclusions = ["Harrowgate High Street"]
-
-[schools.recipients]
-headteacher = ["head@harrowgate.example.sch.uk"]
-dsl = ["dsl@harrowgate.example.sch.uk", "deputy.dsl@harrowgate.example.sch.uk"]
-"""
 # Share of posts per kind; "repeat" re-posts a recent flagged post (a retweet or its link).
 MIX = {"none": 0.70, "reputational": 0.09, "disparaging": 0.07, "safeguarding": 0.06,
        "repeat": 0.08}
