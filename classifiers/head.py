@@ -11,11 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from classifiers.adapter import Adapter
 from classifiers.base import SCORED_CATEGORIES, SEVERITY_ORDER, Category, Severity, Subtype
 
 HEAD_PATH = Path(__file__).resolve().parent / "model" / "head.npz"
 CARD_PATH = HEAD_PATH.with_name("MODEL_CARD.md")
-FORMAT = 1
+# 2: may carry a LoRA adapter for the encoder (``lora/...`` arrays); 1 files still load.
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 CATEGORIES: tuple[str, ...] = tuple(c.value for c in SCORED_CATEGORIES)
 SUBTYPES: tuple[str, ...] = tuple(s.value for s in Subtype)
 SEVERITIES: tuple[str, ...] = tuple(s.value for s in SEVERITY_ORDER)
@@ -59,6 +62,8 @@ class Head:
 
     weights: dict[str, np.ndarray]
     meta: dict[str, Any] = field(default_factory=dict)
+    # Low-rank updates to the encoder the head was trained with (merged at load); or none.
+    adapter: Adapter = field(default_factory=Adapter)
 
     @property
     def input_dim(self) -> int:
@@ -89,7 +94,13 @@ class Head:
     def to_bytes(self) -> bytes:
         """The .npz file content; deterministic for the same weights and meta."""
         arrays = {k: np.ascontiguousarray(self.weights[k], dtype=np.float32) for k in WEIGHT_NAMES}
-        arrays["meta"] = np.array(json.dumps({"format": FORMAT, **self.meta}, sort_keys=True))
+        arrays.update(self.adapter.arrays())
+        meta = {**self.meta, "format": FORMAT}
+        if self.adapter:
+            meta["adapter"] = {**meta.get("adapter", {}), "scale": self.adapter.scale}
+        else:
+            meta.pop("adapter", None)
+        arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
         buf = io.BytesIO()
         # np.savez stamps the current time into the zip, which would change the hash.
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -118,10 +129,15 @@ class Head:
             )
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
+            if meta.get("format") not in READABLE_FORMATS:
+                raise ValueError(
+                    f"{path}: head format {meta.get('format')!r}, expected one of "
+                    f"{READABLE_FORMATS}"
+                )
             weights = {k: data[k].astype(np.float32) for k in WEIGHT_NAMES}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: head format {meta.get('format')!r}, expected {FORMAT}")
-        return cls(weights=weights, meta=meta)
+            lora = {k: data[k] for k in data.files if k.startswith("lora/")}
+        adapter = Adapter.from_arrays(lora, meta.get("adapter", {}).get("scale", 1.0))
+        return cls(weights=weights, meta=meta, adapter=adapter)
 
 
 def file_sha256(path: Path | str) -> str:
