@@ -42,12 +42,14 @@ from classifiers.ensemble import decide, rule_hit_matrix
 from classifiers.evaluate import compute_metrics
 from classifiers.finetune import Cache, finetune, frozen_pass, tuned_features
 from classifiers.head import CARD_PATH, CATEGORIES, HEAD_PATH, SUBTYPES, Head
+from classifiers.lexical import Lexical, fit_lexical
 from classifiers.transformer import TransformerConfig
 
 log = logging.getLogger(__name__)
 
 # The schools the train*.jsonl files are written about (train.jsonl: the first five;
-# train_extra.jsonl: the other five); dev.jsonl uses others, so CV leaves one school out.
+# train_extra.jsonl: the next five; train_voices.jsonl: the last six); dev.jsonl uses
+# others, so CV leaves one school out.
 SCHOOLS: dict[str, re.Pattern[str]] = {
     name: re.compile(pattern, re.IGNORECASE)
     for name, pattern in {
@@ -61,6 +63,12 @@ SCHOOLS: dict[str, re.Pattern[str]] = {
         "saltmarsh": r"saltmarsh",
         "lindenfield": r"lindenfield",
         "holmwood": r"holmwood",
+        "redmere": r"redmere",
+        "kestrel_park": r"kestrel\s*park",
+        "hazelmoor": r"hazelmoor",
+        "wrenfield": r"wrenfield",
+        "st_cuthberts": r"st\.?\s*cuthbert",
+        "larkhill": r"larkhill",
     }.items()
 }
 PRIORITY = CATEGORY_PRIORITY
@@ -86,6 +94,15 @@ class Settings:
     lr: float = 1e-3
     weight_decay: float = 1e-2
     dropout: float = 0.1
+    # Heads trained from seeds seed, seed+1, ... and merged into one (their hidden units side
+    # by side, outputs averaged in logit space): the same file format, less seed noise.
+    bag: int = 3
+    # Share of the hashed n-gram logistic model (classifiers/lexical.py) in the category
+    # probabilities (0: the MLP alone); its buckets, L2 penalty and L-BFGS iterations.
+    lexical_weight: float = 0.5
+    lexical_buckets: int = 262144
+    lexical_l2: float = 6e-5
+    lexical_iter: int = 100
     # Chosen by leave-one-school-out CV on train.jsonl; the other sources did not help there.
     public: tuple[str, ...] = ("selfharm-twitter", "complaints", "tweeteval-offensive")
     per_label: int = 300
@@ -103,8 +120,9 @@ class Settings:
     safeguarding_recall: float = 0.95
     high_recall: float = 0.95
     # Disparaging/reputational thresholds: the fewest false alarms on harmless posts among
-    # those within this much of the best macro-F1 (0: the best macro-F1).
-    f1_tolerance: float = 0.0
+    # those within this much of the best macro-F1 (0: the best macro-F1). 0.01: with the
+    # lexical model, CV macro-F1 has room above the 0.85 target to spend on false alarms.
+    f1_tolerance: float = 0.01
     # The ensemble asks more of the model alone in a rules context (training, fiction,
     # sport, idiom) where no rule found that category; calibrated by the same CV.
     context_veto: bool = True
@@ -246,7 +264,34 @@ def embed(texts: Sequence[str], s: Settings, batch_size: int = 64) -> np.ndarray
 
 
 def fit_head(x: np.ndarray, y: Targets, s: Settings) -> Head:
-    """Train the MLP head with torch, deterministically for a given seed."""
+    """``s.bag`` MLP heads (seeds ``s.seed`` upwards) merged into one.
+
+    Side by side, their hidden units form one wider layer; the output weights are divided
+    by ``bag``, so each output's logit is the average of the heads' logits.
+    """
+    heads = [_fit_one_head(x, y, replace(s, seed=s.seed + i)) for i in range(max(1, s.bag))]
+    if len(heads) == 1:
+        return heads[0]
+    k = len(heads)
+    weights = {"mu": heads[0].weights["mu"], "sd": heads[0].weights["sd"],
+               "w1": np.concatenate([h.weights["w1"] for h in heads], axis=1),
+               "b1": np.concatenate([h.weights["b1"] for h in heads])}
+    for name in ("c", "s", "v"):
+        weights[f"w{name}"] = np.concatenate([h.weights[f"w{name}"] for h in heads]) / k
+        weights[f"b{name}"] = np.mean([h.weights[f"b{name}"] for h in heads], axis=0)
+    return Head(weights={n: np.asarray(a, dtype=np.float32) for n, a in weights.items()})
+
+
+def fit_lexical_model(texts: Sequence[str], y: Targets, idx: np.ndarray, s: Settings) -> Lexical:
+    """The lexical half of the head, trained on product rows ``idx`` (none if weight 0)."""
+    if not s.lexical_weight:
+        return Lexical.empty()
+    return fit_lexical([texts[i] for i in idx], y.categories[idx], s.lexical_buckets,
+                       s.lexical_l2, s.lexical_iter, s.seed, s.lexical_weight)
+
+
+def _fit_one_head(x: np.ndarray, y: Targets, s: Settings) -> Head:
+    """Train one MLP head with torch, deterministically for a given seed."""
     import torch
     from torch import nn
 
@@ -307,7 +352,7 @@ def fit_head(x: np.ndarray, y: Targets, s: Settings) -> Head:
 
 def cross_val_probs(
     cache: Cache, x: np.ndarray, y: Targets, product_idx: np.ndarray, folds: np.ndarray,
-    s: Settings,
+    s: Settings, texts: Sequence[str],
 ) -> np.ndarray:
     """Out-of-fold category probabilities for the product examples (public data always trains).
 
@@ -321,8 +366,9 @@ def cross_val_probs(
         held = product_idx[folds == k]
         train_idx = np.concatenate([product_idx[folds != k], public_idx])
         head, adapter = fit_model(cache, x, y, train_idx, s)
+        head.lexical = fit_lexical_model(texts, y, product_idx[folds != k], s)
         feats = tuned_features(cache, adapter, held, s) if adapter else x[held]
-        oof[folds == k] = head.predict(feats).categories
+        oof[folds == k] = head.predict(feats, [texts[i] for i in held]).categories
         log.info("fold %d: %d held out, %.0fs", k, len(held), time.perf_counter() - started)
     return oof
 
@@ -617,7 +663,8 @@ def train(s: Settings, data: Sequence[Path] | Path, datasets: Path | None,
         product_idx = np.arange(len(product))
         groups = assign_groups(product, s.folds)
         folds = fold_of(groups, s.folds)
-        oof = cross_val_probs(cache, x, y, product_idx, folds, s)
+        texts = [ex.text for ex in examples]
+        oof = cross_val_probs(cache, x, y, product_idx, folds, s, texts)
         view = rules_view(product)
         hits = view.hits if view is not None else None
         thresholds = {"model": calibrate(oof, product, s.safeguarding_recall, None,
@@ -653,6 +700,8 @@ def train(s: Settings, data: Sequence[Path] | Path, datasets: Path | None,
                                in_context)
         head, adapter = (fit_model(cache, x, y, np.arange(len(examples)), s) if final
                          else (Head(weights={}), Adapter()))
+        if final:
+            head.lexical = fit_lexical_model(texts, y, product_idx, s)
     finally:
         torch.set_num_threads(threads)
     counts = {"product": len(product), "public": len(public)}
@@ -709,7 +758,7 @@ def _probe(head: Head, s: Settings) -> Any:
         gap = float(np.abs(again - x).max())
         if gap > 1e-3:
             raise RuntimeError(f"merged encoder and training path disagree by {gap:.2g}")
-    return head.predict(x)
+    return head.predict(x, list(PROBE_TEXTS))
 
 
 def _by_school(
@@ -810,6 +859,29 @@ SELECTION_NOTES: tuple[str, ...] = (
     "| calibration: fewest false alarms within 0.01 (0.02) of the best macro-F1 | 0.853 "
     "(0.842) / 0.954 / 0.087 (0.083) | | no: macro-F1 too close to the 0.85 target |",
     "| calibration: high-severity recall 1.00 | 0.783 / 0.996 / 0.231 | | no |",
+    "",
+    "Then (issue #3), by the same CV, now over the three training files (16 schools in 10 "
+    "folds; the figures in brackets are the first two files' 2102 examples only, comparable "
+    "with the rows above):",
+    "",
+    "| option | with vetoes: F1 / sg recall / false alarms | kept |",
+    "|---|---|---|",
+    "| the head before issue #3 (two files) | 0.868 / 0.954 / 0.109 | |",
+    "| rules: idiom-safe 'going to die', coursework 'killing myself', history and "
+    "online-safety contexts (two files) | 0.869 / 0.954 / 0.104 | yes |",
+    "| + train_voices.jsonl (246 examples, six new schools) | 0.862 / 0.954 / 0.119 "
+    "(0.865 / 0.955 / 0.108) | yes: more schools and voices; no gain alone |",
+    "| + 3 bagged MLP heads | 0.874 / 0.955 / 0.126 (0.878 / 0.961 / 0.117) | yes |",
+    "| + 5 bagged MLP heads | not finished (stopped for the lexical run; 3 already cut "
+    "most of the seed noise) | no |",
+    "| + lexical model (hashed n-gram logistic regression), weight 0.5 | 0.878 / 0.954 / "
+    "0.086 (0.878 / 0.954 / 0.076) | yes |",
+    "| calibration for sg recall 0.96 / 0.97 (a margin for held-out data) | 0.871 / 0.963 / "
+    "0.100; 0.855 / 0.976 / 0.133 | no: on train_voices.jsonl (a new author's schools) "
+    "recall at the 0.95 calibration was already 0.955 |",
+    "| calibration: fewest false alarms within 0.005 / 0.01 of the best macro-F1 | 0.873 / "
+    "0.954 / 0.080; 0.868 / 0.954 / 0.078 | 0.01 |",
+    "| all kept, retrained for shipping (the table above) | 0.871 / 0.954 / 0.072 | shipped |",
 )
 
 
@@ -858,6 +930,16 @@ def write_card(
         "a post can be several), an 8-way safeguarding subtype softmax and a 3-way severity "
         "softmax. Trained with torch (max_length "
         f"{s.max_length}); the head runs in numpy."
+        + (f" {s.bag} such MLPs, trained from seeds {s.seed} to {s.seed + s.bag - 1}, are merged "
+           f"into one of {s.bag * s.hidden} hidden units whose outputs average their logits."
+           if s.bag > 1 else "")
+        + (f" The category probabilities are {1 - s.lexical_weight:g} x the MLP's + "
+           f"{s.lexical_weight:g} x a lexical model's: logistic regression per category on "
+           f"word 1-2-grams and character 2-5-grams hashed into {s.lexical_buckets:,} buckets "
+           f"(tf-idf, L2 {s.lexical_l2:g}, product data only; `classifiers/lexical.py`). The "
+           "encoder smooths wording away; the n-grams keep it (\"kms\", \"tablets saved\", "
+           "\"parental controls\")."
+           if s.lexical_weight else "")
     )
     files = meta["data"]["files"]
     lines = [
@@ -1014,9 +1096,9 @@ def write_card(
         + "Moving a threshold trades recall for false alarms along the CV table above."
         + (" At the calibrated thresholds the false-alarm rate on harmless posts is above "
            "the 0.05 target." if fa > 0.05 else ""),
-        "- The high-severity recall target (1.00) costs too much here: in CV it takes a "
-        "safeguarding threshold of 0.005 in and out of contexts, at about 0.23 false alarms "
-        f"on harmless posts; the calibration asks {s.high_recall} of high-severity items.",
+        "- The high-severity recall target (1.00) costs too much here (see the curve above: "
+        "the lowest thresholds still miss some high-severity items, at far more false alarms "
+        f"on harmless posts); the calibration asks {s.high_recall} of high-severity items.",
         "- Context vetoes match words anywhere in a post (\"team\", \"session\", \"book\"): "
         "a real concern that mentions one needs a higher model score unless a rule also "
         "finds it; the CV recall above includes that cost.",
