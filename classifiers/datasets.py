@@ -17,6 +17,14 @@ REPO_DIR = PACKAGE_DIR.parent
 DATA_DIR = PACKAGE_DIR / "data"
 TRAIN_PATH = DATA_DIR / "train.jsonl"
 DEV_PATH = DATA_DIR / "dev.jsonl"
+# Every file training reads: train.jsonl plus the sets added since (train_extra.jsonl, ...).
+TRAIN_GLOB = "train*.jsonl"
+
+
+def train_files(data_dir: Path = DATA_DIR) -> list[Path]:
+    """The labelled training files in ``data_dir``, sorted; never the held-out set."""
+    return sorted(p for p in data_dir.glob(TRAIN_GLOB)
+                  if p.is_file() and p.resolve() != DEV_PATH.resolve())
 
 
 @dataclass(frozen=True)

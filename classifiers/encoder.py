@@ -12,12 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from classifiers.adapter import Adapter
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 MAX_THREADS = 4
 
-_cache: dict[tuple[str, str], Any] = {}
+_cache: dict[tuple[str, ...], Any] = {}
 _lock = threading.Lock()
 _threads_configured = False
 
@@ -221,9 +223,11 @@ class SequenceClassifier(_Loaded):
         return out
 
 
-def _load(kind: str, model: str | Path, allow_download: bool) -> _Loaded:
+def _load(
+    kind: str, model: str | Path, allow_download: bool, adapter: Adapter | None = None
+) -> _Loaded:
     name, is_local = resolve_model(model, allow_download)
-    key = (kind, name)
+    key = (kind, name) if not adapter else (kind, name, adapter.fingerprint())
     with _lock:
         if key in _cache:
             return _cache[key]
@@ -243,18 +247,32 @@ def _load(kind: str, model: str | Path, allow_download: bool) -> _Loaded:
                 loaded_model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
         except (OSError, ValueError) as exc:
             raise _missing(name, allow_download, exc) from None
+        if adapter:
+            # A private copy (its own cache key): the plain encoder stays as it was.
+            try:
+                adapter.merge_into(loaded_model)
+            except ValueError as exc:
+                raise ModelLoadError(f"model {name!r}: {exc}") from None
         loaded_model.eval()
         seconds = time.perf_counter() - started
         cls = Encoder if kind == "encoder" else SequenceClassifier
         loaded = cls(name, tokenizer, loaded_model, seconds)
-        log.info("loaded %s model %s in %.2fs", kind, name, seconds)
+        log.info("loaded %s model %s%s in %.2fs", kind, name,
+                 f" with a rank-{adapter.rank} adapter merged" if adapter else "", seconds)
         _cache[key] = loaded
         return loaded
 
 
-def load_encoder(model: str | Path = DEFAULT_MODEL, allow_download: bool = False) -> Encoder:
-    """The sentence encoder for ``model``, loaded once per process."""
-    loaded = _load("encoder", model, allow_download)
+def load_encoder(
+    model: str | Path = DEFAULT_MODEL, allow_download: bool = False,
+    adapter: Adapter | None = None,
+) -> Encoder:
+    """The sentence encoder for ``model``, loaded once per process.
+
+    With a non-empty ``adapter`` its low-rank updates are merged into the weights of a
+    separate copy (cached per adapter), so the forward pass costs what the plain one does.
+    """
+    loaded = _load("encoder", model, allow_download, adapter)
     assert isinstance(loaded, Encoder)
     return loaded
 

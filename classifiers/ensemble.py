@@ -18,10 +18,13 @@ from classifiers.base import (
 )
 from classifiers.transformer import (
     ModelScores,
+    Thresholds,
     TransformerClassifier,
     TransformerConfig,
     model_reasons,
 )
+
+CONTEXT_VETOES: tuple[str, ...] = ("training", "fiction", "sport", "idiom")
 
 
 class EnsembleConfig(TransformerConfig):
@@ -31,6 +34,12 @@ class EnsembleConfig(TransformerConfig):
     rules: dict[str, Any] = Field(default_factory=dict)
     # Categories a rule hit flags on its own; safeguarding because recall comes first.
     rule_categories: list[Category] = Field(default_factory=lambda: [Category.SAFEGUARDING])
+    # Named rules contexts (rules.toml [context.X]) that make the model alone need a higher
+    # score for a category no rule found: training notices, fiction, sport, idioms.
+    context_vetoes: list[str] = Field(default_factory=lambda: list(CONTEXT_VETOES))
+    # Per-category score the model needs inside such a context; unset ones come from the
+    # head's calibration (and, without one, the ordinary threshold: no veto).
+    context_thresholds: Thresholds = Field(default_factory=dict)
 
 
 def decide(
@@ -76,17 +85,41 @@ class EnsembleClassifier(Classifier):
         self.rules = RulesClassifier(RulesClassifier.Config.model_validate(cfg.rules))
         self.thresholds = self.model.calibrated_thresholds("ensemble")
         self.rule_categories = frozenset(cfg.rule_categories)
+        self.context_vetoes = tuple(cfg.context_vetoes)
+        head = self.model.head
+        stored = head.meta.get("thresholds", {}).get("ensemble_context", {}) if head else {}
+        raised = {c: float(stored[c.value]) for c in SCORED_CATEGORIES if c.value in stored}
+        raised.update(cfg.context_thresholds)
+        # Never below the ordinary threshold: a context only ever asks for more.
+        self.context_thresholds = {
+            c: max(self.thresholds[c], raised.get(c, self.thresholds[c]))
+            for c in SCORED_CATEGORIES
+        }
 
     def classify(self, items: Sequence[ClassifierInput]) -> list[Assessment]:
         """One Assessment per item, with the rule and model reasons that decided it."""
         if not items:
             return []
         by_rules = self.rules.classify(items)
+        contexts = (self.rules.contexts(items, self.context_vetoes) if self.context_vetoes
+                    else [{} for _ in items])
         by_model = self.model.score(items)
-        return [self._combine(r, m) for r, m in zip(by_rules, by_model)]
+        return [self._combine(r, m, c) for r, m, c in zip(by_rules, by_model, contexts)]
 
-    def _combine(self, rule: Assessment, model: ModelScores) -> Assessment:
-        model_flags = {c: model.probs[c] >= self.thresholds[c] for c in SCORED_CATEGORIES}
+    def limits(self, rule: Assessment, contexts: dict[str, str] | None) -> dict[Category, float]:
+        """Per category, the score the model needs: higher in a context no rule contradicts."""
+        limits = dict(self.thresholds)
+        if contexts:
+            for c in SCORED_CATEGORIES:
+                if c not in rule.labels:
+                    limits[c] = self.context_thresholds[c]
+        return limits
+
+    def _combine(
+        self, rule: Assessment, model: ModelScores, contexts: dict[str, str] | None = None
+    ) -> Assessment:
+        limits = self.limits(rule, contexts)
+        model_flags = {c: model.probs[c] >= limits[c] for c in SCORED_CATEGORIES}
         rule_flag = rule.category if rule.category in self.rule_categories else None
         flags = {c: model_flags[c] or c == rule_flag for c in SCORED_CATEGORIES}
         category = top_category(flags)
@@ -105,10 +138,17 @@ class EnsembleClassifier(Classifier):
                 # A rule names the phrase it matched, so its subtype is the auditable one.
                 subtype = rule.subtype if by_rule and rule.subtype else model.subtype
         reasons.extend(model_reasons(model, model_flags))
+        held_back = [c for c in SCORED_CATEGORIES
+                     if not model_flags[c] and model.probs[c] >= self.thresholds[c]]
+        if held_back and contexts:
+            name, quote = next(iter(contexts.items()))
+            for c in held_back:
+                reasons.append(f"context {name}: '{quote}' (model {c.value} "
+                               f"{model.probs[c]:.2f} below {limits[c]:.2f} here)")
         if category is not Category.NONE and not model_flags[category]:
             reasons = [r for r in reasons if not r.startswith("model: none")]
             top = model.probs[category]
-            limit = self.thresholds[category]
+            limit = limits[category]
             reasons.append(f"model: {category.value} {top:.2f} (below {limit:.2f})")
         scores = {c.value: round(p, 4) for c, p in model.probs.items()}
         if rule.category is not Category.NONE:

@@ -5,17 +5,24 @@ import hashlib
 import io
 import json
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from classifiers.adapter import Adapter
 from classifiers.base import SCORED_CATEGORIES, SEVERITY_ORDER, Category, Severity, Subtype
+from classifiers.lexical import Lexical
 
 HEAD_PATH = Path(__file__).resolve().parent / "model" / "head.npz"
 CARD_PATH = HEAD_PATH.with_name("MODEL_CARD.md")
-FORMAT = 1
+# 2: may carry a LoRA adapter for the encoder (``lora/...`` arrays); 3: may carry a lexical
+# model (``lex/...`` arrays, see classifiers/lexical.py) blended into the category scores.
+# 1 and 2 files still load (they have no lexical model).
+FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
 CATEGORIES: tuple[str, ...] = tuple(c.value for c in SCORED_CATEGORIES)
 SUBTYPES: tuple[str, ...] = tuple(s.value for s in Subtype)
 SEVERITIES: tuple[str, ...] = tuple(s.value for s in SEVERITY_ORDER)
@@ -59,6 +66,10 @@ class Head:
 
     weights: dict[str, np.ndarray]
     meta: dict[str, Any] = field(default_factory=dict)
+    # Low-rank updates to the encoder the head was trained with (merged at load); or none.
+    adapter: Adapter = field(default_factory=Adapter)
+    # Hashed n-gram logistic models blended into the category probabilities; or none.
+    lexical: Lexical = field(default_factory=Lexical.empty)
 
     @property
     def input_dim(self) -> int:
@@ -70,13 +81,19 @@ class Head:
         """Encoder hidden layers whose mean-pooled vectors the head reads, in order."""
         return tuple(self.meta.get("layers", (-1,)))
 
-    def predict(self, x: np.ndarray) -> HeadScores:
-        """Scores for a batch of sentence vectors, shape (n, input_dim)."""
+    def predict(self, x: np.ndarray, texts: Sequence[str] | None = None) -> HeadScores:
+        """Scores for a batch of sentence vectors, shape (n, input_dim), and their texts
+        (which a head with a lexical model needs too)."""
         w = self.weights
         z = (x.astype(np.float32, copy=False) - w["mu"]) / w["sd"]
         h = np.maximum(z @ w["w1"] + w["b1"], 0.0)
+        categories = _sigmoid(h @ w["wc"] + w["bc"])
+        if self.lexical:
+            if texts is None:
+                raise ValueError("this head blends in a lexical model: pass the texts")
+            categories = self.lexical.blend(categories, texts)
         return HeadScores(
-            categories=_sigmoid(h @ w["wc"] + w["bc"]),
+            categories=categories,
             subtypes=_softmax(h @ w["ws"] + w["bs"]),
             severities=_softmax(h @ w["wv"] + w["bv"]),
         )
@@ -89,7 +106,14 @@ class Head:
     def to_bytes(self) -> bytes:
         """The .npz file content; deterministic for the same weights and meta."""
         arrays = {k: np.ascontiguousarray(self.weights[k], dtype=np.float32) for k in WEIGHT_NAMES}
-        arrays["meta"] = np.array(json.dumps({"format": FORMAT, **self.meta}, sort_keys=True))
+        arrays.update(self.adapter.arrays())
+        arrays.update(self.lexical.arrays())
+        meta = {**self.meta, "format": FORMAT}
+        if self.adapter:
+            meta["adapter"] = {**meta.get("adapter", {}), "scale": self.adapter.scale}
+        else:
+            meta.pop("adapter", None)
+        arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
         buf = io.BytesIO()
         # np.savez stamps the current time into the zip, which would change the hash.
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -118,10 +142,16 @@ class Head:
             )
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
+            if meta.get("format") not in READABLE_FORMATS:
+                raise ValueError(
+                    f"{path}: head format {meta.get('format')!r}, expected one of "
+                    f"{READABLE_FORMATS}"
+                )
             weights = {k: data[k].astype(np.float32) for k in WEIGHT_NAMES}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: head format {meta.get('format')!r}, expected {FORMAT}")
-        return cls(weights=weights, meta=meta)
+            lora = {k: data[k] for k in data.files if k.startswith("lora/")}
+            lexical = Lexical.from_arrays({k: data[k] for k in data.files if k.startswith("lex/")})
+        adapter = Adapter.from_arrays(lora, meta.get("adapter", {}).get("scale", 1.0))
+        return cls(weights=weights, meta=meta, adapter=adapter, lexical=lexical)
 
 
 def file_sha256(path: Path | str) -> str:

@@ -5,9 +5,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from classifiers.base import (
     SCORED_CATEGORIES,
@@ -31,6 +32,20 @@ from classifiers.head import HEAD_PATH, Head
 log = logging.getLogger(__name__)
 
 
+def check_thresholds(value: dict[Category, float]) -> dict[Category, float]:
+    """Per-category decision thresholds: scored categories only, each strictly in (0, 1)."""
+    for category, threshold in value.items():
+        if category is Category.NONE:
+            raise ValueError("'none' has no threshold; it is what is left")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"{category.value}: threshold must be between 0 and 1")
+    return value
+
+
+# Config fields holding thresholds per category (ordinary ones, and the ensemble's in context).
+Thresholds = Annotated[dict[Category, float], AfterValidator(check_thresholds)]
+
+
 class TransformerConfig(BaseModel):
     """[classifier.options] for the transformer classifier."""
 
@@ -44,20 +59,10 @@ class TransformerConfig(BaseModel):
     batch_size: int = Field(32, ge=1, le=1024)
     max_length: int = Field(256, ge=8, le=512)
     # Per-category decision thresholds; unset ones come from the head's calibration.
-    thresholds: dict[Category, float] = Field(default_factory=dict)
+    thresholds: Thresholds = Field(default_factory=dict)
     # For a sequence-classification model: its label -> "none", a category, a subtype
     # ("self_harm" or "safeguarding:self_harm") or "ignore".
     label_map: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("thresholds")
-    @classmethod
-    def _check_thresholds(cls, value: dict[Category, float]) -> dict[Category, float]:
-        for category, threshold in value.items():
-            if category is Category.NONE:
-                raise ValueError("'none' has no threshold; it is what is left")
-            if not 0.0 < threshold < 1.0:
-                raise ValueError(f"{category.value}: threshold must be between 0 and 1")
-        return value
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,6 @@ class _HeadModel:
     """The sentence encoder and the trained head."""
 
     def __init__(self, config: TransformerConfig) -> None:
-        self.encoder = load_encoder(config.model, config.allow_download)
         head_path = Path(config.head) if config.head else None
         if head_path is None and config.model != DEFAULT_MODEL:
             head_path = Path(config.model) / "head.npz"
@@ -133,6 +137,8 @@ class _HeadModel:
             self.head = Head.load(head_path or HEAD_PATH)
         except FileNotFoundError as exc:
             raise ModelLoadError(str(exc)) from None
+        # The head's LoRA adapter (if any) is merged into the encoder's weights at load.
+        self.encoder = load_encoder(config.model, config.allow_download, self.head.adapter)
         self.layers = self.head.layers
         if self.head.input_dim != self.encoder.dim * len(self.layers):
             raise ModelLoadError(
@@ -142,7 +148,7 @@ class _HeadModel:
 
     def scores(self, texts: list[str], batch_size: int, max_length: int) -> list[ModelScores]:
         vectors = self.encoder.encode(texts, batch_size, max_length, self.layers)
-        out = self.head.predict(vectors)
+        out = self.head.predict(vectors, texts)
         return [
             ModelScores(
                 probs={c: float(out.categories[i, j]) for j, c in enumerate(SCORED_CATEGORIES)},

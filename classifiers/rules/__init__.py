@@ -103,3 +103,9 @@ class RulesClassifier(Classifier):
     def classify(self, items: Sequence[ClassifierInput]) -> list[Assessment]:
         """Return one Assessment per item, in order."""
         return [assess(self.rules, item.full_text, self.name) for item in items]
+
+    def contexts(
+        self, items: Sequence[ClassifierInput], names: Sequence[str] | None = None
+    ) -> list[dict[str, str]]:
+        """Per item, {context name: quote} of the rules' named contexts found in its text."""
+        return [self.rules.context_matches(normalise(item.full_text), names) for item in items]

@@ -213,6 +213,22 @@ class RuleSet:
 
     rules: tuple[Rule, ...]
     boosters: tuple[Booster, ...]
+    contexts: tuple[Context, ...] = ()
+
+    def context_matches(self, text: str, names: Sequence[str] | None = None) -> dict[str, str]:
+        """{context name: quote} for each named context found anywhere in ``text`` (normalised).
+
+        The ensemble asks for a higher model score when a post is plainly about training,
+        fiction, sport or an idiom and no rule found anything for that category.
+        """
+        found = {}
+        for ctx in self.contexts:
+            if names is not None and ctx.name not in names:
+                continue
+            match = ctx.pattern.search(text) if text else None
+            if match:
+                found[ctx.name] = _quote(match.group())
+        return found
 
     def match(self, text: str) -> Matches:
         """Every rule that matches ``text`` (already normalised) outside its vetoes."""
@@ -326,4 +342,4 @@ def parse_rules(documents: Sequence[tuple[str, str]]) -> RuleSet:
                     window=boost.window,
                 )
             )
-    return RuleSet(tuple(rules), tuple(boosters))
+    return RuleSet(tuple(rules), tuple(boosters), tuple(contexts.values()))

@@ -135,3 +135,50 @@ def test_config_takes_transformer_and_rules_options() -> None:
     assert cfg.batch_size == 16 and cfg.thresholds[SG] == 0.3
     with pytest.raises(ValueError):
         EnsembleConfig.model_validate({"rule_categories": ["nonsense"]})
+
+
+def test_a_context_asks_more_of_the_model_alone() -> None:
+    ens = EnsembleClassifier(EnsembleConfig(
+        thresholds={"safeguarding": 0.2, "disparaging": 0.3, "reputational": 0.3},
+        context_thresholds={"safeguarding": 0.8, "disparaging": 0.3, "reputational": 0.9},
+    ))
+    training = {"training": "prevent training"}
+    s = scores(0.05, 0.0, 0.59)
+    assert ens._combine(rule(NONE), s).category is REP
+    out = ens._combine(rule(NONE), s, training)
+    assert out.category is NONE
+    assert "context training: 'prevent training' (model reputational 0.59 below 0.90 here)" in (
+        out.reasons)
+    # A high enough score still flags; disparaging's context threshold is its ordinary one.
+    assert ens._combine(rule(NONE), scores(0.85, 0.0, 0.0), training).category is SG
+    assert ens._combine(rule(NONE), scores(0.0, 0.35, 0.0), training).category is DIS
+    # A rule that found the category lifts the veto for it (and a safeguarding rule decides).
+    rep_rule = Assessment(category=REP, severity=Severity.LOW, reasons=["rule x: 'y'"],
+                          classifier="rules")
+    assert ens._combine(rep_rule, s, training).category is REP
+    sg_rule = rule(SG, "rule self_harm: 'kms'", Subtype.SELF_HARM, Severity.MEDIUM)
+    out = ens._combine(sg_rule, scores(0.5, 0.0, 0.0), training)
+    assert out.category is SG and out.reasons[0] == "rule self_harm: 'kms'"
+    assert "model: safeguarding 0.50 (self_harm)" in out.reasons
+
+
+def test_context_thresholds_never_go_below_the_ordinary_ones() -> None:
+    ens = EnsembleClassifier(EnsembleConfig(thresholds={"safeguarding": 0.5},
+                                            context_thresholds={"safeguarding": 0.1}))
+    assert ens.context_thresholds[SG] == 0.5
+    plain = EnsembleClassifier(EnsembleConfig(context_vetoes=[]))
+    item = ClassifierInput(text="Staff at Larchwood completed their Prevent training today")
+    out = plain.classify([item])[0]
+    assert not any(r.startswith("context ") for r in out.reasons)
+
+
+@pytest.mark.parametrize("field", ["thresholds", "context_thresholds"])
+@pytest.mark.parametrize("value, message", [
+    ({"none": 0.5}, "'none' has no threshold"),
+    ({"safeguarding": 1.5}, "between 0 and 1"),
+    ({"reputational": 0.0}, "between 0 and 1"),
+])
+def test_both_threshold_fields_are_checked_alike(field, value, message) -> None:
+    # One validator (transformer.check_thresholds) for the ordinary and the context ones.
+    with pytest.raises(ValueError, match=message):
+        EnsembleConfig.model_validate({field: value})

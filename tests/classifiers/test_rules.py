@@ -94,3 +94,17 @@ def test_a_school_can_add_its_own_rules(tmp_path):
     assert verdict(local, "the redbrick crew are waiting").reasons == ["rule local_gang: 'redbrick crew'"]
     with pytest.raises(RulesError, match="cannot read"):
         RulesClassifier(RulesConfig(extra_rules=str(tmp_path / "missing.toml")))
+
+
+def test_named_contexts_are_reported() -> None:
+    from classifiers.rules import RulesClassifier
+
+    rules = RulesClassifier()
+    items = [ClassifierInput(text="All staff completed Prevent training today"),
+             ClassifierInput(text="we absolutely killed it at the concert 😂"),
+             ClassifierInput(text="see you at parents evening")]
+    found = rules.contexts(items)
+    assert found[0] == {"training": "training"}
+    assert set(found[1]) == {"idiom"}
+    assert found[2] == {}
+    assert rules.contexts(items, ["fiction"])[0] == {}
