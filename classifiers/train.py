@@ -1075,6 +1075,10 @@ def write_card(
             "",
             *_metrics_table({f"dev {k}": m for k, m in dev.items()}),
             "",
+            *(f"Safeguarding recall by subtype, dev {k}: " + ", ".join(
+                f"{sub} {r['recall']:.3f}" for sub, r in m["safeguarding_recall_by_subtype"].items())
+              + "." for k, m in dev.items()),
+            "",
             "Targets: safeguarding recall >= 0.95, high-severity safeguarding recall 1.00, "
             "false alarms on none <= 0.05, macro-F1 >= 0.85.",
             "",
@@ -1102,8 +1106,11 @@ def write_card(
         "- Context vetoes match words anywhere in a post (\"team\", \"session\", \"book\"): "
         "a real concern that mentions one needs a higher model score unless a rule also "
         "finds it; the CV recall above includes that cost.",
-        '- Recall does not carry over fully to a new author: dev safeguarding recall was 0.924 against 0.954 in CV (on train_voices.jsonl, also a new author, CV recall held at 0.955, so the margin was not taken). More varied disclosure wording, from more writers, is the next lever; a lower safeguarding threshold buys recall only at the false-alarm cost in the curve above.',
-        '- One train.jsonl post (a grooming message, written before the check) is a near-duplicate of a dev item (93% alike); `test_train.py` lists it so no other may join.',
+        "- Recall does not carry over fully to a new author: compare the held-out and CV "
+        "safeguarding recall above (on train_voices.jsonl, also a new author, CV recall held, "
+        "so no calibration margin was taken). More varied disclosure wording, from more "
+        "writers, is the next lever; a lower safeguarding threshold buys recall only at the "
+        "false-alarm cost in the curve above.",
         "- English (UK) only.",
         "",
     ]

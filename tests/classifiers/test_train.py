@@ -217,16 +217,13 @@ def test_training_reproduces_the_recorded_reference(tmp_path) -> None:
 def test_no_training_example_is_a_near_duplicate_of_a_dev_item() -> None:
     """Training text must not be dev text reworded: no dev item is read out or shown here.
 
-    One train.jsonl post (a grooming message, written before this check) is 93% alike to a
-    dev item; it is listed so that nothing else can join it.
+    (It found one: a train.jsonl grooming message 93% alike to a dev item, since removed.)
     """
     from rapidfuzz import fuzz, process
 
-    known = {"any year 8 girls from harrowgate want free vapes? dm me, i can pick u up after "
-             "school. dont tell ur parents 😉"}
     rows = [(p.name, ex.text.lower()) for p in train_files() for ex in load_jsonl(p)]
     dev = [ex.text.lower() for ex in load_jsonl(DEV_PATH)]
     scores = process.cdist([t for _, t in rows], dev, scorer=fuzz.ratio, workers=1).max(axis=1)
     close = [f"{name}: {text[:60]}" for (name, text), score in zip(rows, scores)
-             if score >= 90 and text not in known]
+             if score >= 90]
     assert not close, close
