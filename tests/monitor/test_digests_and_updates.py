@@ -112,12 +112,18 @@ def test_a_severity_escalation_sends_exactly_one_update(tmp_path, http_server):
         assert session.get(Incident, incident.id).severity == "high"
 
 
-def test_a_resolved_story_that_comes_back_is_reopened_with_one_update(tmp_path, http_server):
+def triaged_incident(tmp_path, http_server, guid, action):
+    """A flagged post's incident after the DSL took ``action`` on it; the runner and clock."""
     clock = [datetime(2026, 3, 2, 12, 0, tzinfo=UTC)]
-    runner = setup(tmp_path, http_server, feed(("r1", MILD)), clock)
+    runner = setup(tmp_path, http_server, feed((guid, MILD)), clock)
     runner.poll("forum")
     [incident] = Session(runner.engine).exec(select(Incident)).all()
-    triage.apply(runner.engine, incident.id, "resolve", "Ms Khan (DSL)")
+    triage.apply(runner.engine, incident.id, action, "Ms Khan (DSL)")
+    return runner, incident, clock
+
+
+def test_a_resolved_story_that_comes_back_is_reopened_with_one_update(tmp_path, http_server):
+    runner, incident, clock = triaged_incident(tmp_path, http_server, "r1", "resolve")
     # A week later the same post is shared again under new ids, once in each of two polls.
     clock[0] += timedelta(days=7)
     http_server.route("/feed", Reply(body=feed(("r1", MILD), ("r2", MILD))))
@@ -136,11 +142,7 @@ def test_a_resolved_story_that_comes_back_is_reopened_with_one_update(tmp_path, 
 
 
 def test_repeats_of_a_false_positive_stay_quiet(tmp_path, http_server):
-    clock = [datetime(2026, 3, 2, 12, 0, tzinfo=UTC)]
-    runner = setup(tmp_path, http_server, feed(("f1", MILD)), clock)
-    runner.poll("forum")
-    [incident] = Session(runner.engine).exec(select(Incident)).all()
-    triage.apply(runner.engine, incident.id, "false-positive", "Ms Khan (DSL)")
+    runner, incident, _clock = triaged_incident(tmp_path, http_server, "f1", "false-positive")
     http_server.route("/feed", Reply(body=feed(("f1", MILD), ("f2", MILD))))
     runner.poll("forum")
     with Session(runner.engine) as session:
