@@ -889,6 +889,11 @@ SELECTION_NOTES: tuple[str, ...] = (
     "those) | 0.869 / 0.943 / 0.064; 0.873 / 0.954 / 0.071 | no: safeguarding ranking "
     "unchanged (ROC AUC 0.985 both), and the current head already caught 98% of the new "
     "safeguarding items: easy ones, which only raised the threshold |",
+    "| a lower safeguarding threshold where the head says high severity (p(sg) >= t_high "
+    "and p(high) >= s), for high-severity recall | best on paper 0.871 / 0.957 / 0.080, "
+    "high 0.985 | no: its gain is two posts the thresholds sit just below; re-chosen with "
+    "each school left out, high-severity recall stays 0.975 and false alarms rise. Severity "
+    "is learnt from flagged posts only, so p(high) is near 1 on many harmless ones |",
 )
 
 
