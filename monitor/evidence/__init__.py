@@ -10,7 +10,7 @@ from typing import Any
 
 _EXPORTS = {
     "EvidenceSettings": "settings",
-    "EvidenceItem": "model", "ensure_tables": "model", "RECORD": "model", "HTML": "model",
+    "EvidenceItem": "model", "RECORD": "model", "HTML": "model",
     "SCREENSHOT": "model",
     "build_record": "record", "capture_record": "record",
     "capture_page": "page",

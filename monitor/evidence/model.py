@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Engine, ForeignKey, Integer, LargeBinary, Text
+from sqlalchemy import Column, ForeignKey, Integer, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
 from monitor import retention
-from monitor.store import init_db, utcnow
+from monitor.store import utcnow
 
 RECORD, HTML, SCREENSHOT = "record", "html", "screenshot"
 KINDS = (RECORD, HTML, SCREENSHOT)
@@ -40,7 +40,3 @@ class EvidenceItem(SQLModel, table=True):
 if EvidenceItem not in retention.MENTION_CHILDREN:
     retention.MENTION_CHILDREN.append(EvidenceItem)
 
-
-def ensure_tables(engine: Engine) -> None:
-    """Make sure the schema, the evidence table included, is migrated to the current revision."""
-    init_db(engine)

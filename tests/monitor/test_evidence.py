@@ -23,7 +23,6 @@ from monitor.evidence import (
     EvidenceSettings,
     capture_page,
     capture_record,
-    ensure_tables,
     export_pack,
     manifest_sha256,
     verify_pack,
@@ -72,7 +71,6 @@ def runner(tmp_path, site):
     path = write_config(tmp_path, [{"id": "community", "school": "harrowgate", "connector": "rss",
                                     "options": {"url": f"{site.url}/feed"}}])
     runner = Runner(load_config(path), classifier=RulesClassifier())
-    ensure_tables(runner.engine)
     result = runner.poll("community")
     assert result.status == "ok" and result.flagged == 1 and result.incidents == 1
     capture_records(runner.engine)
