@@ -86,15 +86,10 @@ class EnsembleClassifier(Classifier):
         self.thresholds = self.model.calibrated_thresholds("ensemble")
         self.rule_categories = frozenset(cfg.rule_categories)
         self.context_vetoes = tuple(cfg.context_vetoes)
-        head = self.model.head
-        stored = head.meta.get("thresholds", {}).get("ensemble_context", {}) if head else {}
-        raised = {c: float(stored[c.value]) for c in SCORED_CATEGORIES if c.value in stored}
-        raised.update(cfg.context_thresholds)
+        raised = self.model.calibrated_thresholds(
+            "ensemble_context", overrides=cfg.context_thresholds, fallback=self.thresholds)
         # Never below the ordinary threshold: a context only ever asks for more.
-        self.context_thresholds = {
-            c: max(self.thresholds[c], raised.get(c, self.thresholds[c]))
-            for c in SCORED_CATEGORIES
-        }
+        self.context_thresholds = {c: max(self.thresholds[c], raised[c]) for c in SCORED_CATEGORIES}
 
     def classify(self, items: Sequence[ClassifierInput]) -> list[Assessment]:
         """One Assessment per item, with the rule and model reasons that decided it."""

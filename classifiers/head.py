@@ -5,7 +5,7 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,10 +98,12 @@ class Head:
             severities=_softmax(h @ w["wv"] + w["bv"]),
         )
 
-    def thresholds(self, kind: str = "model") -> dict[Category, float]:
-        """The calibrated per-category thresholds stored with the head (0.5 if none)."""
+    def thresholds(self, kind: str = "model",
+                   fallback: Mapping[Category, float] | None = None) -> dict[Category, float]:
+        """The calibrated per-category thresholds stored with the head (fallback, or 0.5, if none)."""
         stored = self.meta.get("thresholds", {}).get(kind, {})
-        return {c: float(stored.get(c.value, 0.5)) for c in SCORED_CATEGORIES}
+        return {c: float(stored.get(c.value, fallback[c] if fallback else 0.5))
+                for c in SCORED_CATEGORIES}
 
     def to_bytes(self) -> bytes:
         """The .npz file content; deterministic for the same weights and meta."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -193,11 +193,16 @@ class TransformerClassifier(Classifier):
         """The trained head, when the model is an encoder."""
         return self._model.head if isinstance(self._model, _HeadModel) else None
 
-    def calibrated_thresholds(self, kind: str) -> dict[Category, float]:
-        """The head's stored thresholds of ``kind`` overridden by the config's."""
+    def calibrated_thresholds(self, kind: str, overrides: Mapping[Category, float] | None = None,
+                              fallback: Mapping[Category, float] | None = None
+                              ) -> dict[Category, float]:
+        """The head's stored thresholds of ``kind`` (``fallback``, or 0.5, where it has none),
+        overridden by ``overrides`` (the config's ``thresholds`` unless given)."""
         head = self.head
-        base = head.thresholds(kind) if head else {c: 0.5 for c in SCORED_CATEGORIES}
-        return {**base, **self.config.thresholds}  # type: ignore[attr-defined]
+        base = head.thresholds(kind, fallback) if head else {
+            c: fallback[c] if fallback else 0.5 for c in SCORED_CATEGORIES}
+        chosen = self.config.thresholds if overrides is None else overrides  # type: ignore[attr-defined]
+        return {**base, **chosen}
 
     def score(self, items: Sequence[ClassifierInput]) -> list[ModelScores]:
         """Raw model scores for a batch, in order."""
