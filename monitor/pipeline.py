@@ -94,6 +94,8 @@ class Runner:
         self._connectors: dict[str, Connector] = {}
         self._channels: dict[str, Channel] = {}
         self._lock = threading.Lock()
+        # Its own lock: a rebuild takes seconds, and must not hold up loading a connector.
+        self._story_lock = threading.Lock()
         self.matchers = {
             s.id: SchoolMatcher.build(s.name, s.aliases, s.handles, s.exclusions)
             for s in settings.schools
@@ -118,7 +120,7 @@ class Runner:
         """The near-duplicate index of recent stories, rebuilt from the store on first use."""
         if not self.settings.incidents.enabled:
             return None
-        with self._lock:
+        with self._story_lock:
             if self._story_index is None:
                 # Built lazily: commands that never store a mention should not pay for it.
                 self._story_index = StoryIndex.rebuild(
