@@ -233,10 +233,12 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    if args.config is None:
-        log.info("no --config given: using the bundled demo configuration")
-        return load_config(demo_config_path())
-    return load_config(args.config)
+    # Loaded once per command: handlers ask for it and for _engine(args), which needs it too.
+    if getattr(args, "loaded_settings", None) is None:
+        if args.config is None:
+            log.info("no --config given: using the bundled demo configuration")
+        args.loaded_settings = load_config(args.config or demo_config_path())
+    return args.loaded_settings
 
 
 def _delegate(module: str, argv: list[str]) -> int:
