@@ -69,6 +69,21 @@ SCHOOLS: dict[str, re.Pattern[str]] = {
         "wrenfield": r"wrenfield",
         "st_cuthberts": r"st\.?\s*cuthbert",
         "larkhill": r"larkhill",
+        # train_old_dev.jsonl (the first held-out set, spent on heads up to issue #3's)
+        "ashcombe": r"ashcombe",
+        "riverside": r"riverside|\brfs\b",
+        "castlegate": r"castlegate",
+        "thornbury_park": r"thornbury|\btpa\b",
+        "millbrook": r"millbrook",
+        # train_voices2.jsonl
+        "marlpit": r"marlpit",
+        "tollgate": r"tollgate",
+        "sandyford": r"sandyford",
+        "blackthorn": r"blackthorn",
+        "elmsleigh": r"elmsleigh",
+        "northcliffe": r"northcliffe",
+        "brackenbury": r"brackenbury",
+        "quarrybank": r"quarry\s*bank",
     }.items()
 }
 PRIORITY = CATEGORY_PRIORITY
@@ -439,6 +454,11 @@ GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
 SG_GRID = np.concatenate([[0.002, 0.005, 0.01, 0.02, 0.03, 0.04], GRID, [0.975, 0.99]])
 
 
+def sg_grid(sg_max: float | None) -> np.ndarray:
+    """The safeguarding thresholds to search, none above ``sg_max``."""
+    return SG_GRID if sg_max is None else SG_GRID[SG_GRID <= sg_max + 1e-9]
+
+
 def row_thresholds(
     thresholds: Sequence[float], raised: Sequence[float] | None, in_context: np.ndarray | None
 ) -> np.ndarray:
@@ -456,18 +476,20 @@ def calibrate(
     rule_hits: np.ndarray | None = None,
     high_recall: float = 1.0,
     f1_tolerance: float = 0.0,
+    sg_max: float | None = None,
 ) -> dict[str, float]:
     """Thresholds: safeguarding for recall first, then the others for macro-F1.
 
-    Safeguarding: the highest threshold keeping recall >= ``target_recall`` overall and
-    >= ``high_recall`` on high-severity items. Disparaging and reputational: the pair with
-    the fewest false alarms on 'none' among those within ``f1_tolerance`` of the best
-    macro-F1 (ties to the higher thresholds).
+    Safeguarding: the highest threshold (at most ``sg_max``) keeping recall >=
+    ``target_recall`` overall and >= ``high_recall`` on high-severity items. Disparaging and
+    reputational: the pair with the fewest false alarms on 'none' among those within
+    ``f1_tolerance`` of the best macro-F1 (ties to the higher thresholds).
     """
     truth = _Truth.of(examples)
     caught_by_rule = rule_hits[:, 0] if rule_hits is not None else np.zeros(len(examples), bool)
-    t_sg = float(SG_GRID[0])
-    for t in SG_GRID:
+    grid = sg_grid(sg_max)
+    t_sg = float(grid[0])
+    for t in grid:
         if truth.recall_ok((probs[:, 0] >= t) | caught_by_rule, target_recall, high_recall):
             t_sg = float(t)
     t_dis, t_rep = _other_thresholds(probs, truth, t_sg, rule_hits, f1_tolerance)
@@ -502,12 +524,13 @@ def calibrate_context(
     target_recall: float,
     high_recall: float,
     f1_tolerance: float = 0.0,
+    sg_max: tuple[float, float] | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """(ensemble thresholds, context thresholds), re-calibrated with context vetoes.
 
     ``in_context`` (n, 3): a rules context matched and no rule found that category. The
-    safeguarding pair (threshold, context threshold) is the one with the fewest false
-    alarms on 'none' that keeps the recall targets; then disparaging and reputational
+    safeguarding pair (threshold, context threshold; each at most its ``sg_max``) is the one
+    with the fewest false alarms on 'none' that keeps the recall targets; then disparaging and reputational
     context thresholds one at a time for macro-F1 (the fewest false alarms within
     ``f1_tolerance``), then their ordinary thresholds again.
     """
@@ -530,8 +553,9 @@ def calibrate_context(
         raised[j] = min(ok, key=lambda r: (round(r[1], 9), -round(r[0], 9), -r[2]))[2]
     caught_by_rule = rule_hits[:, 0] if rule_hits is not None else np.zeros(len(examples), bool)
     best: tuple[float, float, float, float] | None = None
-    for t in SG_GRID:
-        for t_ctx in SG_GRID[SG_GRID >= t]:
+    max_t, max_ctx = sg_max if sg_max is not None else (None, None)
+    for t in sg_grid(max_t):
+        for t_ctx in sg_grid(max_ctx)[sg_grid(max_ctx) >= t]:
             limit = np.where(in_context[:, 0], t_ctx, t)
             if not truth.recall_ok((probs[:, 0] >= limit) | caught_by_rule, target_recall,
                                    high_recall):
@@ -669,8 +693,13 @@ def train(s: Settings, data: Sequence[Path] | Path, datasets: Path | None,
         hits = view.hits if view is not None else None
         thresholds = {"model": calibrate(oof, product, s.safeguarding_recall, None,
                                          s.high_recall, s.f1_tolerance)}
+        # The rules were written from training posts, so on these posts they catch more than
+        # they will on new ones: letting them raise the model's safeguarding threshold would
+        # buy false alarms back with recall the rules cannot promise. They only add recall.
+        sg_max = thresholds["model"]["safeguarding"]
         thresholds["ensemble"] = (
-            calibrate(oof, product, s.safeguarding_recall, hits, s.high_recall, s.f1_tolerance)
+            calibrate(oof, product, s.safeguarding_recall, hits, s.high_recall, s.f1_tolerance,
+                      sg_max)
             if view is not None else dict(thresholds["model"])
         )
         in_context = None
@@ -678,9 +707,12 @@ def train(s: Settings, data: Sequence[Path] | Path, datasets: Path | None,
         if view is not None and s.context_veto:
             in_context = view.in_context
             plain = dict(thresholds["ensemble"])
+            alone, alone_raised = calibrate_context(
+                oof, product, thresholds["model"], None, in_context, s.safeguarding_recall,
+                s.high_recall, s.f1_tolerance)
             thresholds["ensemble"], raised = calibrate_context(
                 oof, product, plain, hits, in_context, s.safeguarding_recall, s.high_recall,
-                s.f1_tolerance)
+                s.f1_tolerance, (alone["safeguarding"], alone_raised["safeguarding"]))
             thresholds["ensemble_context"] = raised
         cv = {}
         for kind in ("model", "ensemble"):
@@ -894,6 +926,34 @@ SELECTION_NOTES: tuple[str, ...] = (
     "high 0.985 | no: its gain is two posts the thresholds sit just below; re-chosen with "
     "each school left out, high-severity recall stays 0.975 and false alarms rise. Severity "
     "is learnt from flagged posts only, so p(high) is near 1 on many harmless ones |",
+    "",
+    "Then (issue #3, second round) the first held-out set, having scored several heads, was "
+    "spent: it became training data (`train_old_dev.jsonl`, another author) and a new author "
+    "wrote a new `dev.jsonl` about six new schools, reading no other data file, rule or model "
+    "output. By the same CV, now over five files (3225 examples, 29 schools in 10 folds; in "
+    "brackets, the first three files' examples only, comparable with the rows above):",
+    "",
+    "| option | F1 / sg recall / sg recall high / false alarms | kept |",
+    "|---|---|---|",
+    "| + `train_voices2.jsonl` (398, eight schools) and `train_old_dev.jsonl` (480, five "
+    "schools) | 0.880 / 0.956 / 0.980 / 0.068 (0.875 / 0.955 / 0.980 / 0.069) | yes |",
+    "| + rules for phrasings CV still missed: burning the school \"to the ground\", \"a "
+    "dead man\", \"bomb in <school>\", tablets saved, \"unaliving\", \"sewerslide\", "
+    "\"ctb\", purging, a locked fridge, being locked out, \"told school i fell\", young "
+    "runners, deepfakes, burn books, \"ugliest in year 10\" polls, \"glory to the cause\" "
+    "(41 more training posts caught, no harmless one), calibrated as before | 0.890 / 0.955 / "
+    "0.974 / 0.050 | rules yes; calibration no: the rules were written from these posts, so "
+    "CV overstates their reach, and the calibration spent it raising the safeguarding "
+    "threshold (0.225 -> 0.425) |",
+    "| ... with the ensemble's safeguarding thresholds capped at the model-alone ones (rules "
+    "only add recall) | 0.881 / 0.981 / 0.997 / 0.074 | yes |",
+    "| MLP hidden 512 (capped) | 0.887 / 0.980 / 0.994 / 0.077 | no |",
+    "| hard negatives weighted x2 in the MLP loss (capped) | 0.881 / 0.980 / 0.994 / 0.070 | "
+    "no: within noise (five posts) for one more setting |",
+    "| lexical weight 0.3 (capped) | 0.877 / 0.979 / 0.991 / 0.081 | no |",
+    "| max-pooled token states of layers 4 and 6 added to the features (three files, "
+    "previous rules and calibration) | 0.875 / 0.954 / 0.955 / 0.071 | no: high-severity "
+    "recall fell |",
 )
 
 
@@ -994,7 +1054,9 @@ def write_card(
         f"{s.per_label} per (source, label), sampled with seed {s.seed}, total weight "
         f"{s.public_weight} x the product data's (the public text is not about schools).",
         "- held-out set `dev.jsonl`: never read by training, calibration or model selection; "
-        "evaluated once after training, for the report below only.",
+        "evaluated once after training, for the report below only. It is the second held-out "
+        "set: the first had scored several heads, so it became training data "
+        "(`train_old_dev.jsonl`) and a new author wrote this one about six new schools.",
         "- model selection (fine-tuning or not, LoRA layers and rank, epochs, context vetoes, "
         "calibration rules) by leave-one-school-out cross-validation of the training files, the "
         "same that calibrates the thresholds; the schools in dev.jsonl appear in no training "
@@ -1025,7 +1087,10 @@ def write_card(
         f"{s.safeguarding_recall} overall and >= {s.high_recall} on high-severity items with "
         "the fewest false alarms, then disparaging and reputational for macro-F1"
         + (f" (the fewest false alarms within {s.f1_tolerance} of the best)"
-           if s.f1_tolerance else "") + ".",
+           if s.f1_tolerance else "") + ". The ensemble's safeguarding thresholds are never "
+        "above those the model needs alone for the same recall: the rules were written with "
+        "the training posts in view, so here they catch more than they will on new posts, "
+        "and they only add recall.",
     ]
     if "ensemble_context" in result.thresholds:
         lines += [
@@ -1110,18 +1175,23 @@ def write_card(
          "encoder is frozen. " if adapter else "- The encoder is frozen; only the head is "
          "trained. ")
         + "Moving a threshold trades recall for false alarms along the CV table above."
-        + (" At the calibrated thresholds the false-alarm rate on harmless posts is above "
-           "the 0.05 target." if fa > 0.05 else ""),
-        "- The high-severity recall target (1.00) costs too much here (see the curve above: "
-        "the lowest thresholds still miss some high-severity items, at far more false alarms "
-        f"on harmless posts); the calibration asks {s.high_recall} of high-severity items.",
+        + (" At the calibrated thresholds the cross-validated false-alarm rate on harmless "
+           "posts is above the 0.05 target." if fa > 0.05 else ""),
+        f"- The calibration asks the model alone for {s.high_recall} of high-severity items; "
+        "with the rules the ensemble catches "
+        f"{result.cv_metrics['ensemble']['safeguarding_recall_high_severity']['recall']:.3f} "
+        "in CV. Asking the model alone for 1.00 costs too much (see the curve above: the "
+        "lowest thresholds still miss some high-severity items, at far more false alarms on "
+        "harmless posts).",
         "- Context vetoes match words anywhere in a post (\"team\", \"session\", \"book\"): "
         "a real concern that mentions one needs a higher model score unless a rule also "
         "finds it; the CV recall above includes that cost.",
-        "- Recall does not carry over fully to a new author: compare the held-out and CV "
-        "safeguarding recall above (on train_voices.jsonl, also a new author, CV recall held, "
-        "so no calibration margin was taken). More varied disclosure wording, from more "
-        "writers, is the next lever; a lower safeguarding threshold buys recall only at the "
+        "- CV flatters the rules (they were extended from posts CV missed), which is why they "
+        "may not raise the safeguarding thresholds; the held-out figures above are the honest "
+        "ones. Recall on a new author's posts rests on the model's ranking, and a frozen "
+        "sentence encoder scores strongly worded harmless posts about children (online-safety "
+        "questions, family hyperbole) close to real disclosures: more varied wording from more "
+        "writers is the next lever, and a lower safeguarding threshold buys recall only at the "
         "false-alarm cost in the curve above.",
         "- English (UK) only.",
         "",

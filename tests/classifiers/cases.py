@@ -1,4 +1,4 @@
-"""Hand-written posts about schools that appear in neither train.jsonl nor dev.jsonl."""
+"""Hand-written posts for these tests; none is taken from a classifiers/data file."""
 from __future__ import annotations
 
 # Posts a keyword list gets wrong: each must come out as "none".

@@ -79,6 +79,28 @@ def test_calibration_puts_recall_first() -> None:
     assert 0.2 <= th["disparaging"] <= 0.6
 
 
+def test_rules_never_raise_the_safeguarding_threshold_above_the_cap() -> None:
+    from classifiers.train import calibrate_context
+
+    labels = [SG] * 20 + [NONE] * 20
+    examples = [Example(text=str(i), label=c, severity=Severity.MEDIUM if c is SG else None)
+                for i, c in enumerate(labels)]
+    probs = np.zeros((40, 3), dtype=np.float32)
+    probs[:20, 0] = np.linspace(0.3, 0.9, 20)
+    probs[20:, 0] = np.linspace(0.05, 0.6, 20)  # harmless posts overlap the weak concerns
+    hits = np.zeros((40, 3), dtype=bool)
+    hits[:8, 0] = True  # a rule catches the eight weakest concerns
+    free = calibrate(probs, examples, 1.0, hits, high_recall=1.0)
+    assert free["safeguarding"] > 0.5  # the rules let the threshold climb over the weak ones
+    capped = calibrate(probs, examples, 1.0, hits, high_recall=1.0, sg_max=0.3)
+    assert capped["safeguarding"] == 0.3
+    in_context = np.zeros((40, 3), dtype=bool)
+    in_context[::3] = True
+    th, raised = calibrate_context(probs, examples, capped, hits, in_context, 1.0, 1.0,
+                                   sg_max=(0.3, 0.4))
+    assert th["safeguarding"] <= 0.3 and raised["safeguarding"] <= 0.4
+
+
 def test_fast_macro_f1_matches_the_evaluator() -> None:
     from classifiers.evaluate import compute_metrics
     from classifiers.train import PRIORITY, _macro_f1
@@ -154,6 +176,15 @@ def test_shipped_head_was_trained_on_the_current_files() -> None:
     present = {p.name: sha256_file(p) for p in train_files()}
     assert present == recorded, (
         "the training files changed since the head was trained: run `schoolwatch train`"
+    )
+
+
+def test_shipped_thresholds_were_calibrated_with_the_current_rules() -> None:
+    from classifiers.train import rules_fingerprint
+
+    assert Head.load().meta["rules_sha256"] == rules_fingerprint(), (
+        "classifiers/rules/ changed since the ensemble thresholds were calibrated: "
+        "run `schoolwatch train`"
     )
 
 
