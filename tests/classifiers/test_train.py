@@ -17,13 +17,13 @@ from classifiers.datasets import (
     sha256_file,
     train_files,
 )
+from classifiers.calibration import calibrate
 from classifiers.head import CARD_PATH, Head
 from classifiers.train import (
     CHECK,
     Settings,
     assign_groups,
     build_targets,
-    calibrate,
     fit_head,
     fold_of,
     main,
@@ -80,7 +80,7 @@ def test_calibration_puts_recall_first() -> None:
 
 
 def test_rules_never_raise_the_safeguarding_threshold_above_the_cap() -> None:
-    from classifiers.train import calibrate_context
+    from classifiers.calibration import calibrate_context
 
     labels = [SG] * 20 + [NONE] * 20
     examples = [Example(text=str(i), label=c, severity=Severity.MEDIUM if c is SG else None)
@@ -103,7 +103,7 @@ def test_rules_never_raise_the_safeguarding_threshold_above_the_cap() -> None:
 
 def test_fast_macro_f1_matches_the_evaluator() -> None:
     from classifiers.evaluate import compute_metrics
-    from classifiers.train import PRIORITY, _macro_f1
+    from classifiers.calibration import PRIORITY, macro_f1
 
     rng = np.random.default_rng(2)
     cats = [SG, DIS, REP, NONE]
@@ -116,7 +116,7 @@ def test_fast_macro_f1_matches_the_evaluator() -> None:
         for c in (e.label, *e.also_ok):
             accepted[i, PRIORITY.index(c)] = True
     slow = compute_metrics(examples, [PRIORITY[i] for i in pred])["macro_f1"]
-    assert _macro_f1(pred, label, accepted) == pytest.approx(slow)
+    assert macro_f1(pred, label, accepted) == pytest.approx(slow)
 
 
 def test_fit_head_is_deterministic() -> None:
@@ -199,7 +199,7 @@ def test_settings_round_trip_through_the_command_line() -> None:
 
 
 def test_context_calibration_keeps_recall_and_cuts_false_alarms() -> None:
-    from classifiers.train import calibrate_context
+    from classifiers.calibration import calibrate_context
 
     # 22 safeguarding posts: 10 scored 0.9, 10 scored 0.3 (recall needs a low threshold),
     # 2 in a context scored 0.95; 20 harmless ones, 10 of them in a context scored 0.6.
