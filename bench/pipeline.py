@@ -32,14 +32,13 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -50,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from bench._common import load_line, peak_rss_mb, print_rows  # noqa: E402
 # The tests' school (Harrowgate, its aliases, exclusions and recipients) is the bench's too.
 from tests.support.configs import SCHOOL as SCHOOL_TOML  # noqa: E402
+from tests.support.http_server import RecordedServer, Reply  # noqa: E402
 
 SCHOOL_ID = "harrowgate"
 # Share of posts per kind; "repeat" re-posts a recent flagged post (a retweet or its link).
@@ -167,61 +167,17 @@ def paginate(posts: Sequence[Post], low: int, high: int, seed: int) -> list[list
 
 # --- real parts: feed server, config, classifiers -------------------------------------------
 
-class FeedServer:
-    """Serves each path's pages in turn on 127.0.0.1, then 304 for the last one's ETag."""
-
-    def __init__(self, pages: dict[str, list[bytes]]) -> None:
-        self.pages = pages
-        self.served = {path: 0 for path in pages}
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def url(self, path: str) -> str:
-        """The URL of ``path``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{path}"
-
-    def __enter__(self) -> FeedServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                with server._lock:
-                    pages = server.pages.get(self.path, [])
-                    number = min(server.served.get(self.path, 0), len(pages) - 1)
-                    etag = f'"page-{number}"'
-                    fresh = self.headers.get("If-None-Match") != etag
-                    if fresh and pages:
-                        server.served[self.path] = number + 1
-                if not pages:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body = pages[number] if fresh else b""
-                self.send_response(200 if fresh else 304)
-                self.send_header("ETag", etag)
-                self.send_header("Content-Type", "application/rss+xml")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        return Handler
+@contextmanager
+def serve_feeds(pages: dict[str, list[bytes]]) -> Iterator[RecordedServer]:
+    """Each path's pages in turn on 127.0.0.1 (a fresh ETag each), then 304 for the last one."""
+    server = RecordedServer().start()
+    for path, documents in pages.items():
+        server.route(path, *(Reply(body=doc, etag=f'"page-{i}"', content_type="application/rss+xml")
+                             for i, doc in enumerate(documents)))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def write_config(folder: Path, feed_url: str, classifier: str, interval: str = "1h",
@@ -343,8 +299,8 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         load_s = time.perf_counter() - started
     classify_clock, fetch_clock, outbox_clock = Stopwatch(), Stopwatch(), Stopwatch()
     classifier.classify = classify_clock.wrap(classifier.classify)
-    with tempfile.TemporaryDirectory() as folder, FeedServer({"/feed.xml": documents}) as server:
-        settings = load_config(write_config(Path(folder), server.url("/feed.xml"), "rules"))
+    with tempfile.TemporaryDirectory() as folder, serve_feeds({"/feed.xml": documents}) as server:
+        settings = load_config(write_config(Path(folder), f"{server.url}/feed.xml", "rules"))
         runner = Runner(settings, classifier=classifier)
         connector = runner.connector(settings.source(SOURCE_ID))
         connector.fetch = fetch_clock.wrap(connector.fetch)
@@ -540,12 +496,12 @@ def run_growth(args: argparse.Namespace) -> dict[str, Any]:
     sizes = sorted(args.sizes)
     results: dict[int, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as folder, \
-            FeedServer({f"/feed-{n}.xml": documents for n in sizes}) as server:
+            serve_feeds({f"/feed-{n}.xml": documents for n in sizes}) as server:
         runners = {}
         for n in sizes:
             directory = Path(folder) / str(n)
             directory.mkdir()
-            settings = load_config(write_config(directory, server.url(f"/feed-{n}.xml"), "rules"))
+            settings = load_config(write_config(directory, f"{server.url}/feed-{n}.xml", "rules"))
             seed_s = seed_store(settings.store.url, Stream(args.seed + 2, "old", texts),
                                 n - len(recent), recent, now)
             before = store_counts(settings.store.url)
@@ -657,8 +613,8 @@ def run_idle(args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                                       os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory() as folder, \
-            FeedServer({"/feed.xml": [rss_page(posts, datetime.now(UTC))]}) as server:
-        config = write_config(Path(folder), server.url("/feed.xml"), args.classifier,
+            serve_feeds({"/feed.xml": [rss_page(posts, datetime.now(UTC))]}) as server:
+        config = write_config(Path(folder), f"{server.url}/feed.xml", args.classifier,
                               interval="1h", jitter="0s")
         url = load_config(config).store.url
         log_path = Path(folder) / "daemon.log"

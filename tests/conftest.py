@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.database import drop_databases
+from monitor.store import init_db, make_engine
+from tests.support.database import database_url, drop_databases
 from tests.support.http_server import RecordedServer
 from tests.support.smtp_server import SmtpServer
 
@@ -13,6 +14,15 @@ def _fresh_databases():
     """Drop the PostgreSQL databases a test created (SQLite files go with tmp_path)."""
     yield
     drop_databases()
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """This test's store, migrated to the current schema."""
+    engine = make_engine(database_url(tmp_path))
+    init_db(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

@@ -166,8 +166,15 @@ def test_context_thresholds_never_go_below_the_ordinary_ones() -> None:
     ens = EnsembleClassifier(EnsembleConfig(thresholds={"safeguarding": 0.5},
                                             context_thresholds={"safeguarding": 0.1}))
     assert ens.context_thresholds[SG] == 0.5
-    plain = EnsembleClassifier(EnsembleConfig(context_vetoes=[]))
+    # Scores between the two thresholds: with vetoes the training context holds them back,
+    # and with context_vetoes = [] nothing does.
+    low = {"safeguarding": 0.001, "disparaging": 0.001, "reputational": 0.001}
+    high = {"safeguarding": 0.999, "disparaging": 0.999, "reputational": 0.999}
     item = ClassifierInput(text="Staff at Larchwood completed their Prevent training today")
+    vetoed = EnsembleClassifier(EnsembleConfig(thresholds=low, context_thresholds=high))
+    assert any(r.startswith("context ") for r in vetoed.classify([item])[0].reasons)
+    plain = EnsembleClassifier(EnsembleConfig(thresholds=low, context_thresholds=high,
+                                              context_vetoes=[]))
     out = plain.classify([item])[0]
     assert not any(r.startswith("context ") for r in out.reasons)
 

@@ -28,9 +28,8 @@ from monitor.config import load_config
 from monitor.dedupe import canonical_url, text_hash
 from monitor.pipeline import Runner
 from monitor.retention import delete_mentions
-from monitor.store import Incident, MentionRow, OutboxMessage, init_db, make_engine
+from monitor.store import Incident, MentionRow, OutboxMessage, make_engine
 from tests.support.configs import write_config
-from tests.support.database import database_url
 from tests.support.http_server import FIXTURES, Reply
 
 STORIES = FIXTURES / "stories"
@@ -236,13 +235,6 @@ def test_rebuild_after_restart_joins_the_same_incident(tmp_path, http_server, in
 
 # --- attach with a real Session -----------------------------------------------------------
 
-@pytest.fixture
-def engine(tmp_path):
-    engine = make_engine(database_url(tmp_path, "store"))
-    init_db(engine)
-    return engine
-
-
 def row_for(mention, school: str = "harrowgate", flagged: bool = True) -> MentionRow:
     return MentionRow(platform=mention.platform, external_id=mention.external_id,
                       source_id="test", school_id=school, url=mention.url,
@@ -336,9 +328,11 @@ def test_an_erased_mention_no_longer_steers_clustering(engine):
         erased_id = first.incident.id
         [mention_id] = session.exec(select(MentionRow.id)).all()
     # Another process (`schoolwatch privacy erase`) deletes the post; the daemon's index has it.
-    with Session(make_engine(str(engine.url))) as other:
+    other_engine = make_engine(engine.url.render_as_string(hide_password=False))
+    with Session(other_engine) as other:
         delete_mentions(other, [mention_id])
         other.commit()
+    other_engine.dispose()
     assert len(index) == 1
     with Session(engine) as session:
         change = store(session, row_for(courier), FLAGGED, index)

@@ -4,28 +4,11 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 
-import pytest
 from sqlmodel import Session, func, select
 
 from monitor.evidence.model import EvidenceItem
 from monitor.privacy import find_subject
-from monitor.store import (
-    AuditEntry,
-    Incident,
-    MentionRow,
-    OutboxMessage,
-    init_db,
-    make_engine,
-)
-from tests.support.database import database_url
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = make_engine(database_url(tmp_path))
-    init_db(engine)
-    yield engine
-    engine.dispose()
+from monitor.store import AuditEntry, Incident, MentionRow, OutboxMessage
 
 
 def count(engine) -> int:
