@@ -12,8 +12,8 @@ from sqlmodel import Session, select
 from alerts.render import excerpt
 from classifiers.base import CATEGORY_PRIORITY, Assessment, Category, Severity
 from monitor.clustering import StagedStories, StoryIndex, staged, story_refs, story_text
-from monitor.store import Incident, MentionRow, audit, utcnow
-from monitor.triage import OPEN, RESOLVED
+from monitor.store import Incident, MentionRow, utcnow
+from monitor.triage import RESOLVED, transition
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def find_similar(session: Session, row: MentionRow, stage: StagedStories) -> Inc
             stage.index.forget_incident(match.incident_id)
             continue
         indexed = session.get(MentionRow, match.mention_id)
-        if indexed is None or indexed is row or indexed.incident_id != match.incident_id:
+        if indexed is None or indexed.incident_id != match.incident_id:
             # Erased or purged by another process (SQLite may even have given its id to a new
             # row): an erased post must not steer clustering.
             stage.index.forget_mentions([match.mention_id])
@@ -147,9 +147,7 @@ def _join(session: Session, row: MentionRow, assessment: Assessment,
     # (its repeats are what staff already judged), though an escalation still alerts.
     reopened = incident.status == RESOLVED and assessment.flagged
     if reopened:
-        incident.status = OPEN
-        audit(session, "daemon", "incident.reopen", "incident", incident.id, at=now,
-              **{"from": RESOLVED, "to": OPEN, "note": f"new flagged mention #{row.id}"})
+        transition(session, incident, "reopen", "daemon", f"new flagged mention #{row.id}", now)
     session.add(incident)
     return IncidentChange(incident, created=False, escalation=escalation, reopened=reopened)
 

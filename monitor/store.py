@@ -230,8 +230,7 @@ def _one_writer(engine: Engine) -> None:
     @event.listens_for(engine, "before_cursor_execute")
     def _lock(connection: Any, cursor: Any, statement: str, *_args: Any) -> None:
         if connection.info.get(_HOLDS_WRITER_LOCK) \
-                or not statement.lstrip()[:6].upper().startswith(_WRITES) \
-                or connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                or not statement.lstrip()[:6].upper().startswith(_WRITES):
             return
         cursor.execute(_WRITER_LOCK)
         connection.info[_HOLDS_WRITER_LOCK] = True

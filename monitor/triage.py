@@ -51,26 +51,32 @@ def apply(engine: Engine, incident_id: int, action: str, actor: str,
         raise TriageError(f"unknown action {action!r}; known: {', '.join(TRANSITIONS)}")
     if not actor.strip():
         raise TriageError("say who is acting (--by NAME): the audit log records it")
-    allowed_from, target = TRANSITIONS[action]
     with Session(engine) as session:
         incident = session.get(Incident, incident_id)
         if incident is None:
             raise TriageError(f"no incident #{incident_id}")
-        if incident.status not in allowed_from:
-            raise TriageError(f"incident #{incident_id} is {incident.status}; "
-                              f"{action} needs {' or '.join(allowed_from)}")
-        before = incident.status
-        if action == "false-positive":
-            record_false_positive(session, incident, actor.strip())
-        if target is not None:
-            incident.status = target
-            session.add(incident)
-        audit(session, actor.strip(), f"incident.{action}", "incident", incident_id,
-              at=now, **{"from": before, "to": incident.status, **({"note": note} if note else {})})
+        transition(session, incident, action, actor.strip(), note, now)
         session.commit()
         session.refresh(incident)
         session.expunge(incident)
         return incident
+
+
+def transition(session: Session, incident: Incident, action: str, actor: str,
+               note: str | None = None, now: datetime | None = None) -> None:
+    """Take ``action`` on ``incident`` and audit it, in the caller's transaction."""
+    allowed_from, target = TRANSITIONS[action]
+    if incident.status not in allowed_from:
+        raise TriageError(f"incident #{incident.id} is {incident.status}; "
+                          f"{action} needs {' or '.join(allowed_from)}")
+    before = incident.status
+    if action == "false-positive":
+        record_false_positive(session, incident, actor)
+    if target is not None:
+        incident.status = target
+        session.add(incident)
+    audit(session, actor, f"incident.{action}", "incident", incident.id,
+          at=now, **{"from": before, "to": incident.status, **({"note": note} if note else {})})
 
 
 def list_incidents(engine: Engine, school: str | None = None, category: str | None = None,
