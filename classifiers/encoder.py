@@ -24,6 +24,14 @@ _lock = threading.Lock()
 _threads_configured = False
 
 
+def mean_pool(state: Any, mask: Any) -> Any:
+    """Mean of the unpadded token states (``mask``: (batch, tokens, 1) floats), L2-normalised."""
+    import torch
+
+    count = mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize((state * mask).sum(1) / count, p=2, dim=1)
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says what to do about it."""
 
@@ -177,11 +185,7 @@ class Encoder(_Loaded):
                 states = (result.hidden_states if want_all
                           else {self.num_layers: result.last_hidden_state})
                 mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
-                count = mask.sum(1).clamp(min=1e-9)
-                pooled = [
-                    torch.nn.functional.normalize((states[i] * mask).sum(1) / count, p=2, dim=1)
-                    for i in picked
-                ]
+                pooled = [mean_pool(states[i], mask) for i in picked]
                 n = pooled[0].shape[0]
                 out[tokenized.order[pos : pos + n]] = torch.cat(pooled, dim=1).numpy()
                 pos += n

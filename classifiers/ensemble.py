@@ -64,6 +64,12 @@ def rule_hit_matrix(
     return out
 
 
+def context_holds(rule: Assessment, contexts: dict[str, str] | None) -> list[bool]:
+    """Per scored category: a rules context matched and no rule found it, so the model's
+    context threshold applies (the same test in training and in use)."""
+    return [bool(contexts) and c not in rule.labels for c in SCORED_CATEGORIES]
+
+
 def _max_severity(*values: Severity | None) -> Severity | None:
     present = [v for v in values if v is not None]
     return max(present, key=lambda s: s.rank) if present else None
@@ -104,10 +110,9 @@ class EnsembleClassifier(Classifier):
     def limits(self, rule: Assessment, contexts: dict[str, str] | None) -> dict[Category, float]:
         """Per category, the score the model needs: higher in a context no rule contradicts."""
         limits = dict(self.thresholds)
-        if contexts:
-            for c in SCORED_CATEGORIES:
-                if c not in rule.labels:
-                    limits[c] = self.context_thresholds[c]
+        for c, held in zip(SCORED_CATEGORIES, context_holds(rule, contexts)):
+            if held:
+                limits[c] = self.context_thresholds[c]
         return limits
 
     def _combine(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from classifiers.adapter import Adapter, attach_lora, detach_lora
+from classifiers.encoder import mean_pool
 from classifiers.head import CATEGORIES, SUBTYPES, Head
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,13 +36,6 @@ class Cache:
     def features(self, layers: Sequence[int]) -> np.ndarray:
         """The frozen head input: the chosen layers' pooled vectors, concatenated."""
         return np.concatenate([self.pooled[:, i] for i in layers], axis=1)
-
-
-def _pool(state: Any, mask: Any) -> Any:
-    import torch
-
-    count = mask.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize((state * mask).sum(1) / count, p=2, dim=1)
 
 
 def frozen_pass(
@@ -64,7 +58,7 @@ def frozen_pass(
             mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
             rows = tokenized.order[pos : pos + mask.shape[0]]
             pooled[rows] = torch.stack(
-                [_pool(out.hidden_states[i], mask) for i in range(n_states)], dim=1
+                [mean_pool(out.hidden_states[i], mask) for i in range(n_states)], dim=1
             ).numpy()
             if first is not None:
                 lengths = batch["attention_mask"].sum(1).tolist()
@@ -139,7 +133,7 @@ class TopRunner:
                 h = h[0]
             index = self.first + offset + 1
             if index in self.layers:
-                out[index] = _pool(h, m)
+                out[index] = mean_pool(h, m)
         return out
 
     def adapter(self) -> Adapter:

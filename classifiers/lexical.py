@@ -85,6 +85,10 @@ class Lexical:
     b: np.ndarray
     alpha: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.alpha) or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"lexical weight {self.alpha} must be in [0, 1]")
+
     def __bool__(self) -> bool:
         return self.w.size > 0
 
@@ -107,8 +111,6 @@ class Lexical:
         """``alpha`` x this model's category probabilities + the rest x ``model``'s."""
         if not self or not self.alpha:
             return model
-        if not math.isfinite(self.alpha) or not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"lexical weight {self.alpha} must be in [0, 1]")
         if len(texts) != len(model):
             raise ValueError("the lexical model needs the text of every row")
         mixed = (1.0 - self.alpha) * model + self.alpha * self.predict(texts)

@@ -43,7 +43,7 @@ from classifiers.calibration import (
     operating_points,
     row_thresholds,
 )
-from classifiers.ensemble import decide, rule_hit_matrix
+from classifiers.ensemble import context_holds, decide, rule_hit_matrix
 from classifiers.evaluate import compute_metrics
 from classifiers.finetune import Cache, finetune, frozen_pass, tuned_features
 from classifiers.head import CARD_PATH, CATEGORIES, HEAD_PATH, SUBTYPES, Head
@@ -192,7 +192,7 @@ class Settings:
         return argv
 
 
-TUPLE_SETTINGS = ("public", "layers", "lora_layers", "lora_targets")
+TUPLE_SETTINGS = tuple(f.name for f in fields(Settings) if isinstance(f.default, tuple))
 
 
 @dataclass
@@ -275,13 +275,6 @@ def build_targets(
                         for ex in examples])
     weight[is_high & ~is_public] *= high_weight
     return Targets(cats, subtype, severity, weight)
-
-
-def embed(texts: Sequence[str], s: Settings, batch_size: int = 64) -> np.ndarray:
-    """The head's input features from the packaged encoder."""
-    from classifiers.encoder import load_encoder
-
-    return load_encoder().encode(list(texts), batch_size, s.max_length, s.layers)
 
 
 def fit_head(x: np.ndarray, y: Targets, s: Settings) -> Head:
@@ -433,9 +426,9 @@ def rules_view(examples: Sequence[Example]) -> RulesView | None:
     items = [ClassifierInput(text=ex.text) for ex in examples]
     out = rules.classify(items)
     contexts = rules.contexts(items, cfg.context_vetoes)
-    in_context = np.array([[bool(ctx) and c not in a.labels for c in SCORED_CATEGORIES]
-                           for a, ctx in zip(out, contexts)], dtype=bool).reshape(-1, 3)
-    return RulesView(rule_hit_matrix(out, cfg.rule_categories), in_context, rules_fingerprint())
+    held = np.array([context_holds(a, ctx) for a, ctx in zip(out, contexts)],
+                    dtype=bool).reshape(-1, 3)
+    return RulesView(rule_hit_matrix(out, cfg.rule_categories), held, rules_fingerprint())
 
 
 def rules_fingerprint() -> str | None:
@@ -463,13 +456,12 @@ def load_product(data: Sequence[Path]) -> tuple[list[Example], list[dict[str, An
     return product, info
 
 
-def train(s: Settings, data: Sequence[Path] | Path, datasets: Path | None,
+def train(s: Settings, data: Sequence[Path], datasets: Path | None,
           final: bool = True) -> Result:
     """Embed, cross-validate, calibrate and (``final``) fit the shipped head and adapter."""
     import torch
 
-    files = [data] if isinstance(data, Path) else list(data)
-    product, file_info = load_product(files)
+    product, file_info = load_product(data)
     if s.subset:
         # Evenly spaced, so a subset has every label (the files are grouped by label).
         product = product[:: max(1, len(product) // s.subset)][: s.subset]
@@ -514,7 +506,7 @@ def train(s: Settings, data: Sequence[Path] | Path, datasets: Path | None,
                 oof, product, plain, hits, in_context, s.safeguarding_recall, s.high_recall,
                 s.f1_tolerance, (alone["safeguarding"], alone_raised["safeguarding"]))
             thresholds["ensemble_context"] = raised
-        cv = {}
+        cv, preds = {}, {}
         for kind in ("model", "ensemble"):
             th = thresholds[kind]
             rule_hits = hits if kind == "ensemble" else None
@@ -522,14 +514,13 @@ def train(s: Settings, data: Sequence[Path] | Path, datasets: Path | None,
             rows = row_thresholds([th[c.value] for c in SCORED_CATEGORIES],
                                   None if up is None else [up[c.value] for c in SCORED_CATEGORIES],
                                   in_context if up is not None else None)
-            pred = decide(oof, rows, rule_hits)
-            cv[kind] = compute_metrics(product, _categories(pred))
+            preds[kind] = decide(oof, rows, rule_hits)
+            cv[kind] = compute_metrics(product, _categories(preds[kind]))
         if raised is not None:
             pred = decide(oof, [plain[c.value] for c in SCORED_CATEGORIES], hits)
             cv["ensemble_no_context"] = compute_metrics(product, _categories(pred))
         curve = operating_points(oof, product, thresholds["ensemble"], hits, raised, in_context)
-        by_school = _by_school(oof, product, groups, thresholds["ensemble"], hits, raised,
-                               in_context)
+        by_school = _by_school(preds["ensemble"], product, groups)
         head, adapter = (fit_model(cache, x, y, np.arange(len(examples)), s) if final
                          else (Head(weights={}), Adapter()))
         if final:
@@ -540,8 +531,7 @@ def train(s: Settings, data: Sequence[Path] | Path, datasets: Path | None,
     for ex in public:
         counts[f"public:{ex.source}:{ex.label.value}"] = counts.get(
             f"public:{ex.source}:{ex.label.value}", 0) + 1
-    result = Result(head, product, oof, thresholds, cv, counts)
-    result.by_school = by_school
+    result = Result(head, product, oof, thresholds, cv, counts, by_school)
     if not final:
         return result
     head.adapter = adapter
@@ -594,22 +584,17 @@ def _probe(head: Head, s: Settings) -> Any:
 
 
 def _by_school(
-    probs: np.ndarray, examples: Sequence[Example], groups: Sequence[str],
-    thresholds: dict[str, float], hits: np.ndarray | None, raised: dict[str, float] | None,
-    in_context: np.ndarray | None,
+    pred: np.ndarray, examples: Sequence[Example], groups: Sequence[str],
 ) -> dict[str, dict[str, float]]:
-    """Per held-out school (CV fold member): safeguarding recall and false alarms."""
-    names = [c.value for c in SCORED_CATEGORIES]
-    rows = row_thresholds([thresholds[n] for n in names],
-                          None if raised is None else [raised[n] for n in names], in_context)
-    pred = decide(probs, rows, hits)
+    """Per held-out school (CV fold member): safeguarding recall and false alarms of the
+    out-of-fold predictions ``pred`` (indices into the priority order)."""
     truth = Truth.of(examples)
+    wrong = ~truth.accepted[np.arange(len(pred)), pred]
     out = {}
     groups_arr = np.array([g if not g.startswith("unnamed-") else "unnamed" for g in groups])
     for g in sorted(set(groups_arr.tolist())):
         m = groups_arr == g
         sg, none = truth.is_sg & m, truth.is_none & m
-        wrong = ~truth.accepted[np.arange(len(pred)), pred]
         out[g] = {
             "n": int(m.sum()),
             "safeguarding_recall": round(float((pred[sg] == 0).mean()), 4) if sg.any() else None,
